@@ -1,0 +1,152 @@
+"""Messages between a device (medsec agent) and the manufacturer server.
+
+Both sides import this module, so the signed bytes are defined once. Every
+signed message is ``<context>\\n<canonical JSON of the body>`` where the
+context string separates message kinds (an enrollment proof can never be
+replayed as a check-in). Wire format (JSON over HTTPS):
+
+``POST /api/v1/enroll``
+    ``{"request": EnrollmentRequest, "signature": b64}``, signed by the new
+    device key (proof of possession). Answer: :class:`EnrollmentResponse`.
+``POST /api/v1/checkin``
+    ``{"report": VersionReport, "signature": b64}``. Answer:
+    :class:`CheckinResponse`. A refusal is an HTTP 4xx with
+    ``{"error": code, "detail": text}``; the codes are in :data:`CHECKIN_ERRORS`.
+``POST /api/v1/devices/{serial}/nonce``
+    ``{"nonce": current}``: lets a device that lost a response resynchronise.
+    Harmless to expose: a nonce is useless without the device key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medsec.crypto.canonical import canonical_json
+from medsec.crypto.keys import SigningKey, VerifyKey
+from medsec.errors import ProtocolError, SignatureError
+
+ENROLL_CONTEXT = b"medsec-enroll-v1"
+CHECKIN_CONTEXT = b"medsec-checkin-v1"
+
+# Refusal codes the check-in endpoint returns (HTTP status in the value).
+CHECKIN_ERRORS: dict[str, int] = {
+    "malformed_report": 422,
+    "unknown_device": 404,
+    "device_not_enrolled": 409,
+    "device_retired": 403,
+    "bad_signature": 401,
+    "serial_mismatch": 400,
+    "hardware_id_mismatch": 400,
+    "stale_nonce": 409,
+    "counter_not_increasing": 409,
+    "bad_log_checkpoint": 422,
+    "log_fork_detected": 409,
+}
+
+MAX_FIELD = 256
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode_field(value: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError(f"{name} is not valid base64") from e
+
+
+def signed_bytes(context: bytes, body: dict[str, Any]) -> bytes:
+    return context + b"\n" + canonical_json(body)
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    token: str
+    serial: str
+    hardware_id: str
+    public_key: str  # base64 of the raw Ed25519 key
+
+    def sign(self, key: SigningKey) -> dict[str, Any]:
+        body = asdict(self)
+        return {"request": body, "signature": _b64(key.sign(signed_bytes(ENROLL_CONTEXT, body)))}
+
+    @classmethod
+    def verify(cls, request: dict[str, Any], signature_b64: str) -> EnrollmentRequest:
+        """Check the proof of possession: the request is signed by the key it carries."""
+        req = cls(**request)
+        key = VerifyKey.from_base64(req.public_key)
+        key.verify(b64decode_field(signature_b64, "signature"), signed_bytes(ENROLL_CONTEXT, asdict(req)))
+        return req
+
+
+@dataclass(frozen=True)
+class EnrollmentResponse:
+    serial: str
+    nonce: str
+    server_log_key: str  # C2SP note verifier key of the server's audit log
+    witness_key: str  # C2SP cosignature verifier key the server uses to cosign device log checkpoints
+    checkin_interval_seconds: int
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """A device's signed statement of what it runs, sent at every check-in."""
+
+    serial: str
+    hardware_id: str
+    installed_version: str
+    agent_state: str
+    counter: int  # strictly increasing per device, persisted before sending
+    nonce: str  # the nonce the server gave in its previous answer
+    sent_at: int  # device clock, Unix seconds (informational; freshness comes from the nonce)
+    log_checkpoint: str | None = None  # the device access log's signed checkpoint note
+    log_consistency_proof: tuple[str, ...] = ()  # base64 hashes from the last cosigned size
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["log_consistency_proof"] = list(self.log_consistency_proof)
+        return body
+
+    def sign(self, key: SigningKey) -> dict[str, Any]:
+        body = self.to_json()
+        return {"report": body, "signature": _b64(key.sign(signed_bytes(CHECKIN_CONTEXT, body)))}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> VersionReport:
+        try:
+            fields = dict(body)
+            fields["log_consistency_proof"] = tuple(fields.get("log_consistency_proof") or ())
+            report = cls(**fields)
+        except TypeError as e:
+            raise ProtocolError(f"report has unexpected or missing fields: {e}") from e
+        for name in ("serial", "hardware_id", "installed_version", "agent_state", "nonce"):
+            value = getattr(report, name)
+            if not isinstance(value, str) or not value or len(value) > MAX_FIELD:
+                raise ProtocolError(f"report field {name!r} must be a non-empty string of at most {MAX_FIELD}")
+        if not isinstance(report.counter, int) or isinstance(report.counter, bool) or report.counter < 1:
+            raise ProtocolError("report field 'counter' must be a positive integer")
+        if not isinstance(report.sent_at, int) or isinstance(report.sent_at, bool):
+            raise ProtocolError("report field 'sent_at' must be an integer")
+        return report
+
+    @classmethod
+    def verify(cls, body: dict[str, Any], signature_b64: str, key: VerifyKey) -> VersionReport:
+        """Return the report if ``signature_b64`` is ``key``'s signature over it; raise otherwise."""
+        report = cls.from_json(body)
+        try:
+            key.verify(b64decode_field(signature_b64, "signature"), signed_bytes(CHECKIN_CONTEXT, report.to_json()))
+        except SignatureError:
+            raise
+        return report
+
+
+@dataclass(frozen=True)
+class CheckinResponse:
+    nonce: str  # to be echoed in the next report
+    checkin_interval_seconds: int
+    cosigned_checkpoint: str | None = None  # the device log checkpoint with the server's witness cosignature
