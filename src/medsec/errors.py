@@ -19,7 +19,13 @@ subsystem; inside a subsystem, errors are grouped by fault::
     │   └── ExportError           an exported log range that does not verify
     ├── ProtocolError             device <-> server messages (enrollment, check-in)
     │   └── CheckinRejected       the server refused a report; ``code`` says why
-    └── AgentError                the device agent's local state
+    ├── AgentError                the device agent's local state
+    └── ServiceError              a server operation refused; ``code`` and ``status`` for the API
+        ├── AuthenticationFailed  401: no, wrong or expired credentials
+        ├── PermissionDenied      403: authenticated, but not allowed (role or tenant)
+        ├── NotFound              404: no such object *visible to the caller*
+        ├── Conflict              409: the object's state forbids the operation
+        └── InvalidRequest        422: well-formed HTTP, unusable content
 
 Foreign exceptions are translated at the boundary with ``raise ... from e``.
 """
@@ -104,3 +110,36 @@ class CheckinRejected(ProtocolError):
 
 class AgentError(Error):
     """The device agent's local state is unusable."""
+
+
+class ServiceError(Error):
+    """A server operation was refused. ``code`` is stable and machine-readable."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def diagnostics(self) -> str:
+        return f"{self.code}: {self}"
+
+
+class AuthenticationFailed(ServiceError):
+    status = 401
+
+
+class PermissionDenied(ServiceError):
+    status = 403
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class InvalidRequest(ServiceError):
+    status = 422

@@ -13,8 +13,11 @@ replayed as a check-in). Wire format (JSON over HTTPS):
     :class:`CheckinResponse`. A refusal is an HTTP 4xx with
     ``{"error": code, "detail": text}``; the codes are in :data:`CHECKIN_ERRORS`.
 ``POST /api/v1/devices/{serial}/nonce``
-    ``{"nonce": current}``: lets a device that lost a response resynchronise.
-    Harmless to expose: a nonce is useless without the device key.
+    ``{"nonce": current, "cosigned_checkpoint": note or null}``: lets a device
+    that lost a response resynchronise, including which access-log tree the
+    server last cosigned (the base of the next consistency proof). Harmless to
+    expose: a nonce is useless without the device key, and the checkpoint is
+    signed by the device and cosigned by the server.
 """
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+from medsec.cli.main import main
+
+main()

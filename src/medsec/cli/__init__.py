@@ -1,0 +1,1 @@
+"""The ``medsec`` command line: thin commands over the library."""

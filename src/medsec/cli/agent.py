@@ -1,0 +1,38 @@
+"""``medsec agent``: the device daemon."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medsec.cli.output import console, emit_json, errors_to_exit
+
+
+def agent(
+    root: Annotated[Path, typer.Option("--root", help="the device root folder (config in ROOT/etc/medsec/agent.json)")],
+    status: Annotated[bool, typer.Option("--status", help="print the agent's state and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (with --status)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+) -> None:
+    """Run the device agent: enroll once, then send signed check-ins and keep the device access log."""
+    from medsec.agent.config import AgentConfig
+    from medsec.agent.daemon import run_agent
+    from medsec.agent.status import agent_status
+
+    with errors_to_exit(as_json):
+        if status:
+            info = agent_status(root)
+            if as_json:
+                emit_json(info)
+            else:
+                for k, v in info.items():
+                    console.print(f"{k}: {v}", highlight=False)
+            return
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format=f"%(asctime)s agent[{root.name}] %(levelname)s %(message)s",
+        )
+        run_agent(AgentConfig.load(root))

@@ -1,0 +1,32 @@
+"""Entry point of the ``medsec`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from medsec import __version__
+from medsec.cli import audit, server
+from medsec.cli.agent import agent
+from medsec.cli.demo import demo, totp_code
+
+app = typer.Typer(
+    name="medsec",
+    help="medsec: cybersecurity lifecycle for medical devices (server, portal, agent, audit logs).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(server.app, name="server")
+app.add_typer(audit.app, name="audit")
+app.command("agent")(agent)
+app.command("demo")(demo)
+app.command("totp-code")(totp_code)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the medsec version."""
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="medsec")

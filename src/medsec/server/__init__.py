@@ -1,0 +1,1 @@
+"""The manufacturer server: API, hospital portal, audit log. Needs the ``server`` extra."""

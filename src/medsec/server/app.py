@@ -1,0 +1,143 @@
+"""The ASGI application factory. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from medsec import __version__
+from medsec.errors import ServiceError
+from medsec.server.context import ServerContext, build_context
+from medsec.server.services.accounts import AuditedRefusal, record_failed_login
+from medsec.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail}
+
+
+def record_refusal(ctx: ServerContext, exc: AuditedRefusal) -> None:
+    """Log a refused request in its own transaction (the request's own one was rolled back)."""
+    try:
+        with ctx.tx() as session:
+            ctx.audit.append(
+                session,
+                exc.event_type,
+                actor=exc.actor,
+                organization_id=exc.organization_id,
+                details={**exc.details, "code": exc.code},
+            )
+            if exc.event_type == "auth.login_failed" and exc.actor:
+                record_failed_login(session, ctx.settings, exc.actor)
+    except Exception:
+        logger.exception("could not record refusal %s in the audit log", exc.code)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._refuse(send)
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(error_body("request_too_large", f"request body is over {self.limit} bytes"), 413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings | None = None, context: ServerContext | None = None) -> FastAPI:
+    """Build the server. Pass ``context`` to share one (tests), else it is built from ``settings``."""
+    settings = settings or Settings()
+    ctx = context or build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if context is None:
+            ctx.close()
+
+    app = FastAPI(
+        title="medsec",
+        version=__version__,
+        description="Manufacturer server for medical-device cybersecurity: devices, hospitals, audit log.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, AuditedRefusal):
+            record_refusal(ctx, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.code, str(exc)), exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(error_body("invalid_request", problems), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
+
+    from medsec.server.api import router as api_router
+    from medsec.server.portal import router as portal_router
+
+    app.include_router(api_router)
+    app.include_router(portal_router)
+    from medsec.server.portal import mount_static
+
+    mount_static(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    return app

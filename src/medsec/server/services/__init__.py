@@ -1,0 +1,1 @@
+"""Server operations. Services take a SQLAlchemy session and values; they never import FastAPI."""

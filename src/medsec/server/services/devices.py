@@ -1,0 +1,469 @@
+"""Device models, device registration, enrollment with one-time tokens, and signed check-ins."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medsec.auditlog.note import SIG_TYPE_ED25519, vkey_string
+from medsec.auditlog.witness import Witness
+from medsec.crypto.canonical import canonical_json
+from medsec.crypto.keys import VerifyKey
+from medsec.errors import (
+    AuditLogError,
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    ServiceError,
+    SignatureError,
+    WitnessError,
+)
+from medsec.protocol import CheckinResponse, EnrollmentRequest, EnrollmentResponse, VersionReport, b64decode_field
+from medsec.server import credentials
+from medsec.server.audit import ServerAuditLog
+from medsec.server.models import (
+    Checkin,
+    Device,
+    DeviceModel,
+    DeviceStatus,
+    EnrollmentToken,
+    Organization,
+    OrgKind,
+    Role,
+    Site,
+)
+from medsec.server.principal import Principal
+from medsec.server.services.accounts import AuditedRefusal
+from medsec.server.witness_state import DeviceLogWitnessState
+
+SERIAL_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+ENROLLMENT_TOKEN_PREFIX = "met_"  # noqa: S105 (a public prefix, not a secret)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def device_log_origin(serial: str) -> str:
+    """Origin line (and note key name) of a device's access log checkpoints."""
+    return f"medsec-device/{serial}"
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def create_model(
+    session: Session, audit: ServerAuditLog, actor: Principal | None, *, product: str, name: str, hardware_id: str
+) -> DeviceModel:
+    if actor is not None:
+        actor.require_role(Role.MANUFACTURER_ADMIN)
+    if not SERIAL_RE.match(hardware_id) or not SERIAL_RE.match(product):
+        raise InvalidRequest("invalid_identifier", "product and hardware id use letters, digits, '.', '_' or '-'")
+    if session.scalar(select(DeviceModel).where(DeviceModel.hardware_id == hardware_id)):
+        raise Conflict("model_exists", f"a model with hardware id {hardware_id!r} exists")
+    model = DeviceModel(product=product, name=name.strip() or product, hardware_id=hardware_id)
+    session.add(model)
+    session.flush()
+    audit.append(
+        session,
+        "device_model.created",
+        actor=actor.username if actor else "system",
+        organization_id=None,
+        details={"product": product, "name": model.name, "hardware_id": hardware_id},
+    )
+    return model
+
+
+def list_models(session: Session) -> list[DeviceModel]:
+    return list(session.scalars(select(DeviceModel).order_by(DeviceModel.product, DeviceModel.name)))
+
+
+def get_model(session: Session, hardware_id: str) -> DeviceModel:
+    model = session.scalar(select(DeviceModel).where(DeviceModel.hardware_id == hardware_id))
+    if model is None:
+        raise NotFound("unknown_model", f"no device model with hardware id {hardware_id!r}")
+    return model
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+def list_devices(session: Session, actor: Principal, *, hospital: Organization | None = None) -> list[Device]:
+    stmt = actor.scope_devices(select(Device)).order_by(Device.serial)
+    if hospital is not None:
+        stmt = stmt.where(Device.hospital_id == hospital.id)
+    return list(session.scalars(stmt))
+
+
+def get_device(session: Session, actor: Principal, serial: str) -> Device:
+    device = session.scalar(actor.scope_devices(select(Device)).where(Device.serial == serial))
+    if device is None:
+        raise NotFound("unknown_device", f"no device {serial!r}")
+    return device
+
+
+def register_device(
+    session: Session,
+    audit: ServerAuditLog,
+    actor: Principal | None,
+    *,
+    serial: str,
+    model: DeviceModel,
+    hospital: Organization,
+    site: Site | None,
+    token_hours: int,
+) -> tuple[Device, str]:
+    """Register a device for a hospital and return it with its one-time enrollment token."""
+    if actor is not None:
+        actor.require_role(Role.MANUFACTURER_ADMIN)
+    if not SERIAL_RE.match(serial):
+        raise InvalidRequest("invalid_serial", "a serial uses 1-100 letters, digits, '.', '_' or '-'")
+    if hospital.kind != OrgKind.HOSPITAL.value:
+        raise InvalidRequest("not_a_hospital", "devices are registered to hospitals")
+    if site is not None and site.organization_id != hospital.id:
+        raise InvalidRequest("site_not_in_hospital", "the site belongs to another hospital")
+    if session.scalar(select(Device).where(Device.serial == serial)):
+        raise Conflict("device_exists", f"device {serial!r} is already registered")
+    device = Device(
+        serial=serial,
+        model_id=model.id,
+        hospital_id=hospital.id,
+        site_id=site.id if site else None,
+        status=DeviceStatus.PENDING.value,
+        last_counter=0,
+    )
+    session.add(device)
+    session.flush()
+    audit.append(
+        session,
+        "device.registered",
+        actor=actor.username if actor else "system",
+        organization_id=hospital.id,
+        details={"serial": serial, "hardware_id": model.hardware_id, "site": site.name if site else None},
+    )
+    token = issue_enrollment_token(session, audit, actor, device, hours=token_hours)
+    return device, token
+
+
+def issue_enrollment_token(
+    session: Session, audit: ServerAuditLog, actor: Principal | None, device: Device, *, hours: int
+) -> str:
+    if actor is not None:
+        actor.require_role(Role.MANUFACTURER_ADMIN)
+    if device.status == DeviceStatus.RETIRED.value:
+        raise Conflict("device_retired", "a retired device cannot enroll")
+    secret = credentials.new_secret(ENROLLMENT_TOKEN_PREFIX)
+    session.add(
+        EnrollmentToken(
+            device_id=device.id,
+            token_hash=credentials.secret_digest(secret),
+            created_by=actor.user_id if actor else None,
+            created_at=_now(),
+            expires_at=_now() + timedelta(hours=hours),
+        )
+    )
+    session.flush()
+    audit.append(
+        session,
+        "device.enrollment_token_issued",
+        actor=actor.username if actor else "system",
+        organization_id=device.hospital_id,
+        details={"serial": device.serial, "expires_hours": hours},
+    )
+    return secret
+
+
+def _refuse(error: ServiceError, event: str, device: Device | None, details: dict[str, Any]) -> AuditedRefusal:
+    return AuditedRefusal(
+        error,
+        event,
+        actor=f"device:{device.serial}" if device else "device:unknown",
+        organization_id=device.hospital_id if device else None,
+        details={"reason": error.code, **details},
+    )
+
+
+def enroll(
+    session: Session,
+    audit: ServerAuditLog,
+    payload: dict[str, Any],
+    *,
+    server_log_key: str,
+    witness_key: str,
+    checkin_interval_seconds: int,
+) -> EnrollmentResponse:
+    """Enroll a device: one-time token + proof that it holds the key it presents."""
+    try:
+        request = EnrollmentRequest.verify(dict(payload["request"]), str(payload["signature"]))
+    except (KeyError, TypeError) as e:
+        raise _refuse(
+            InvalidRequest("malformed_request", f"enrollment request is malformed: {e}"),
+            "device.enroll_refused",
+            None,
+            {},
+        ) from e
+    except (SignatureError, ProtocolError) as e:
+        raise _refuse(
+            AuthenticationFailed("bad_signature", "enrollment proof of possession does not verify"),
+            "device.enroll_refused",
+            None,
+            {},
+        ) from e
+    token = session.scalar(
+        select(EnrollmentToken)
+        .where(EnrollmentToken.token_hash == credentials.secret_digest(request.token))
+        .with_for_update()
+    )
+    if token is None:
+        raise _refuse(
+            AuthenticationFailed("invalid_enrollment_token", "unknown enrollment token"),
+            "device.enroll_refused",
+            None,
+            {"serial": request.serial[:100]},
+        )
+    device = token.device
+    details = {"serial": request.serial[:100]}
+    if token.used_at is not None:
+        if device.status == DeviceStatus.ACTIVE.value and device.public_key == request.public_key and device.nonce:
+            # The same device asking again (it crashed before saving our answer): answer again.
+            return EnrollmentResponse(
+                serial=device.serial,
+                nonce=device.nonce,
+                server_log_key=server_log_key,
+                witness_key=witness_key,
+                checkin_interval_seconds=checkin_interval_seconds,
+            )
+        raise _refuse(
+            Conflict("enrollment_token_used", "this enrollment token was already used"),
+            "device.enroll_refused",
+            device,
+            details,
+        )
+    if token.expires_at <= _now():
+        raise _refuse(
+            AuthenticationFailed("enrollment_token_expired", "this enrollment token has expired"),
+            "device.enroll_refused",
+            device,
+            details,
+        )
+    if request.serial != device.serial:
+        raise _refuse(
+            InvalidRequest("serial_mismatch", "the token was issued for another device"),
+            "device.enroll_refused",
+            device,
+            details,
+        )
+    if request.hardware_id != device.model.hardware_id:
+        raise _refuse(
+            InvalidRequest("hardware_id_mismatch", "the hardware id does not match the registered model"),
+            "device.enroll_refused",
+            device,
+            details,
+        )
+    if device.status == DeviceStatus.RETIRED.value:
+        raise _refuse(
+            PermissionDenied("device_retired", "this device is retired"), "device.enroll_refused", device, details
+        )
+    token.used_at = _now()
+    device.public_key = request.public_key
+    device.status = DeviceStatus.ACTIVE.value
+    device.enrolled_at = _now()
+    device.nonce = credentials.new_nonce()
+    device.last_counter = 0
+    # Forget the witness state of a previous key: the new key starts a new log.
+    audit.append(
+        session,
+        "device.enrolled",
+        actor=f"device:{device.serial}",
+        organization_id=device.hospital_id,
+        details={"serial": device.serial, "public_key": request.public_key},
+    )
+    return EnrollmentResponse(
+        serial=device.serial,
+        nonce=device.nonce,
+        server_log_key=server_log_key,
+        witness_key=witness_key,
+        checkin_interval_seconds=checkin_interval_seconds,
+    )
+
+
+def current_nonce(session: Session, serial: str) -> tuple[str, str | None]:
+    """The device's current nonce and the latest access-log checkpoint the server cosigned for it.
+
+    Neither is secret: the nonce is useless without the device key, and the cosigned
+    checkpoint lets a device that lost an answer learn which tree the witness last saw.
+    """
+    device = session.scalar(select(Device).where(Device.serial == serial))
+    if device is None or device.nonce is None:
+        raise NotFound("unknown_device", f"no enrolled device {serial!r}")
+    row = DeviceLogWitnessState(session).latest_row_for(device)
+    return device.nonce, (row.note or None) if row else None
+
+
+def checkin(
+    session: Session,
+    audit: ServerAuditLog,
+    witness: Witness,
+    witness_state: DeviceLogWitnessState,
+    payload: dict[str, Any],
+    *,
+    checkin_interval_seconds: int,
+) -> CheckinResponse:
+    """Verify and record a signed version report; refusals are specific and audited."""
+    try:
+        body = dict(payload["report"])
+        signature = str(payload["signature"])
+        serial = str(body["serial"])[:100]
+    except (KeyError, TypeError, ValueError) as e:
+        raise _refuse(
+            InvalidRequest("malformed_report", "check-in needs 'report' and 'signature'"),
+            "device.checkin_refused",
+            None,
+            {},
+        ) from e
+    device = session.scalar(select(Device).where(Device.serial == serial).with_for_update(of=Device))
+    if device is None:
+        raise _refuse(
+            NotFound("unknown_device", f"no device {serial!r}"), "device.checkin_refused", None, {"serial": serial}
+        )
+    details: dict[str, Any] = {"serial": serial}
+    if device.status == DeviceStatus.RETIRED.value:
+        raise _refuse(
+            PermissionDenied("device_retired", "this device is retired"), "device.checkin_refused", device, details
+        )
+    if device.status != DeviceStatus.ACTIVE.value or device.public_key is None:
+        raise _refuse(
+            Conflict("device_not_enrolled", "this device has not enrolled"), "device.checkin_refused", device, details
+        )
+    try:
+        report = VersionReport.verify(body, signature, VerifyKey.from_base64(device.public_key))
+    except SignatureError as e:
+        raise _refuse(
+            AuthenticationFailed("bad_signature", "report signature does not verify with the device key"),
+            "device.checkin_refused",
+            device,
+            details,
+        ) from e
+    except ProtocolError as e:
+        raise _refuse(InvalidRequest("malformed_report", str(e)), "device.checkin_refused", device, details) from e
+    details["counter"] = report.counter
+    if report.hardware_id != device.model.hardware_id:
+        raise _refuse(
+            InvalidRequest("hardware_id_mismatch", "report hardware id differs from the registered model"),
+            "device.checkin_refused",
+            device,
+            details,
+        )
+    if report.counter <= device.last_counter:
+        if report.nonce != device.nonce:
+            raise _refuse(
+                Conflict("replayed_report", "this report was already received"),
+                "device.checkin_refused",
+                device,
+                details,
+            )
+        raise _refuse(
+            Conflict("counter_not_increasing", "report counter is not above the last accepted one"),
+            "device.checkin_refused",
+            device,
+            details,
+        )
+    if report.nonce != device.nonce:
+        raise _refuse(
+            Conflict("stale_nonce", "report does not carry the current nonce; fetch it and resend"),
+            "device.checkin_refused",
+            device,
+            details,
+        )
+
+    cosigned: str | None = None
+    if report.log_checkpoint:
+        vkey = vkey_string(
+            device_log_origin(device.serial), SIG_TYPE_ED25519, VerifyKey.from_base64(device.public_key).raw
+        )
+        try:
+            proof = [_proof_hash(p) for p in report.log_consistency_proof]
+            cosigned = witness.cosign(report.log_checkpoint, vkey, proof, int(_now().timestamp()))
+            witness_state.remember_cosigned_note(device_log_origin(device.serial), cosigned)
+        except WitnessError as e:
+            raise _refuse(
+                Conflict("log_fork_detected", f"device log checkpoint refused: {e}"),
+                "device.log_fork_detected",
+                device,
+                details,
+            ) from e
+        except (AuditLogError, ValueError) as e:
+            raise _refuse(
+                InvalidRequest("bad_log_checkpoint", f"device log checkpoint is invalid: {e}"),
+                "device.checkin_refused",
+                device,
+                details,
+            ) from e
+
+    previous_version = device.installed_version
+    device.installed_version = report.installed_version
+    device.agent_state = report.agent_state
+    device.last_seen_at = _now()
+    device.last_counter = report.counter
+    device.nonce = credentials.new_nonce()
+    session.add(
+        Checkin(
+            device_id=device.id,
+            counter=report.counter,
+            received_at=device.last_seen_at,
+            installed_version=report.installed_version,
+            agent_state=report.agent_state,
+            report=canonical_json(report.to_json()).decode("utf-8"),
+            signature=signature,
+        )
+    )
+    if previous_version != report.installed_version:
+        audit.append(
+            session,
+            "device.version_changed",
+            actor=f"device:{device.serial}",
+            organization_id=device.hospital_id,
+            details={"serial": device.serial, "from": previous_version, "to": report.installed_version},
+        )
+    return CheckinResponse(
+        nonce=device.nonce, checkin_interval_seconds=checkin_interval_seconds, cosigned_checkpoint=cosigned
+    )
+
+
+def _proof_hash(value: str) -> bytes:
+    raw = b64decode_field(value, "log_consistency_proof")
+    if len(raw) != 32:
+        raise ValueError("a consistency proof hash has 32 bytes")
+    return raw
+
+
+def list_checkins(session: Session, actor: Principal, serial: str, limit: int = 50) -> list[Checkin]:
+    device = get_device(session, actor, serial)
+    return list(
+        session.scalars(
+            select(Checkin).where(Checkin.device_id == device.id).order_by(Checkin.counter.desc()).limit(limit)
+        )
+    )
+
+
+def device_summary(device: Device) -> dict[str, Any]:
+    return {
+        "serial": device.serial,
+        "model": device.model.name,
+        "product": device.model.product,
+        "hardware_id": device.model.hardware_id,
+        "hospital": device.hospital.slug,
+        "site": device.site.name if device.site else None,
+        "status": device.status,
+        "installed_version": device.installed_version,
+        "agent_state": device.agent_state,
+        "last_seen": device.last_seen_at.isoformat() if device.last_seen_at else None,
+        "enrolled_at": device.enrolled_at.isoformat() if device.enrolled_at else None,
+    }
