@@ -46,6 +46,19 @@ class DemoOptions:
         return f"http://{self.host}:{self.port}"
 
 
+WITNESS_DIR = "witness-sakura"
+WITNESS_NAME = "witness.sakura-general.example"
+WITNESS_INTERVAL_SECONDS = 30
+
+
+def _witness(options: DemoOptions) -> Any:
+    """The demo's independent witness, as Sakura General Hospital might run it (its own key and state)."""
+    from medsec.cli.witness import init_witness, load_witness
+
+    state = options.data_dir.resolve() / WITNESS_DIR
+    return load_witness(state) if (state / "witness.key").exists() else init_witness(state, WITNESS_NAME)
+
+
 def _settings(options: DemoOptions) -> Any:
     from medsec.server.settings import Settings
 
@@ -55,7 +68,20 @@ def _settings(options: DemoOptions) -> Any:
         log_origin=DEMO_ORIGIN,
         public_url=options.url,
         checkin_interval_seconds=options.checkin_interval_seconds,
+        witness_keys=[_witness(options).vkey],
     )
+
+
+def _run_witness(options: DemoOptions, log_key: str, stop: threading.Event) -> None:
+    from medsec.cli.witness import cosign_once
+    from medsec.errors import Error
+
+    witness = _witness(options)
+    while not stop.wait(2.0 if witness.state.latest(DEMO_ORIGIN) is None else WITNESS_INTERVAL_SECONDS):
+        try:
+            cosign_once(witness, options.url, log_key)
+        except Error as e:
+            logger.warning("demo witness did not cosign: %s", e.diagnostics())
 
 
 def _write_device_root(root: Path, server_url: str, serial: str, hardware_id: str, token: str, interval: int) -> None:
@@ -105,6 +131,7 @@ def prepare(options: DemoOptions) -> dict[str, Any]:
             "warning": "demo data and throwaway demo keys; never use them for real devices",
             "log_key": ctx.audit.vkey,
             "witness_key": ctx.witness_vkey,
+            "hospital_witness_key": settings.witness_keys[0],
             "api_token": s.admin_token,
             "api_token_user": "maker-admin",
             "model": MODEL,
@@ -193,6 +220,9 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
                 raise SystemExit(f"the server did not start on {options.url} (is the port in use?)")
             time.sleep(0.05)
         devices.start(info["devices"])
+        threading.Thread(
+            target=_run_witness, args=(options, info["log_key"], stop), name="witness", daemon=True
+        ).start()
         announce(info)
         while not stop.wait(1.0):
             if not thread.is_alive():

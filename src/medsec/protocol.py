@@ -111,9 +111,17 @@ class VersionReport:
     log_consistency_proof: tuple[str, ...] = ()  # base64 hashes from the last cosigned size
 
     def to_json(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["log_consistency_proof"] = list(self.log_consistency_proof)
-        return body
+        return {
+            "serial": self.serial,
+            "hardware_id": self.hardware_id,
+            "installed_version": self.installed_version,
+            "agent_state": self.agent_state,
+            "counter": self.counter,
+            "nonce": self.nonce,
+            "sent_at": self.sent_at,
+            "log_checkpoint": self.log_checkpoint,
+            "log_consistency_proof": list(self.log_consistency_proof),
+        }
 
     def sign(self, key: SigningKey) -> dict[str, Any]:
         body = self.to_json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from medsec import __version__
-from medsec.cli import audit, server
+from medsec.cli import audit, server, witness
 from medsec.cli.agent import agent
 from medsec.cli.demo import demo, totp_code
 
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(server.app, name="server")
 app.add_typer(audit.app, name="audit")
+app.add_typer(witness.app, name="witness")
 app.command("agent")(agent)
 app.command("demo")(demo)
 app.command("totp-code")(totp_code)

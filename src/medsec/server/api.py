@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
@@ -15,7 +16,6 @@ from medsec.server.context import ServerContext
 from medsec.server.models import OrgKind, Role, Site
 from medsec.server.principal import Principal
 from medsec.server.services import accounts, devices
-from medsec.server.witness_state import DeviceLogWitnessState
 
 router = APIRouter()
 
@@ -146,12 +146,10 @@ class CheckinAnswer(BaseModel):
 def checkin(body: SignedReport, ctx: Ctx) -> CheckinAnswer:
     payload = {"report": body.report.model_dump(exclude_unset=False), "signature": body.signature}
     with ctx.tx() as session:
-        state = DeviceLogWitnessState(session)
         answer = devices.checkin(
             session,
             ctx.audit,
-            ctx.witness(state),
-            state,
+            ctx.witness,
             payload,
             checkin_interval_seconds=ctx.settings.checkin_interval_seconds,
         )
@@ -526,11 +524,53 @@ def audit_entries(
         ]
 
 
-@router.get("/api/v1/audit/checkpoint", response_model=CheckpointOut, responses=ERRORS, tags=["audit"])
-def audit_checkpoint(ctx: Ctx, caller: Caller) -> CheckpointOut:
+class PublicCheckpointOut(BaseModel):
+    size: int
+    note: str
+    log_key: str
+    witness_keys: list[str]
+    consistency_proof: list[str] | None = None
+
+
+@router.get("/api/v1/audit/checkpoint", response_model=PublicCheckpointOut, responses=ERRORS, tags=["audit"])
+def audit_checkpoint(
+    ctx: Ctx,
+    from_size: Annotated[
+        int | None, Query(ge=0, le=2**53, description="add a consistency proof from this size")
+    ] = None,
+) -> PublicCheckpointOut:
+    """The latest signed checkpoint (public, like any transparency log's), for witnesses and auditors."""
     with ctx.tx() as session:
         cp = ctx.audit.checkpoint(session)
-        return CheckpointOut(size=cp.size, note=cp.note, log_key=ctx.audit.vkey)
+        proof = None
+        if from_size is not None:
+            if from_size > cp.size:
+                raise Conflict("size_beyond_checkpoint", f"the log has {cp.size} entries, fewer than {from_size}")
+            proof = [
+                base64.b64encode(h).decode("ascii") for h in ctx.audit.consistency_proof(session, from_size, cp.size)
+            ]
+        return PublicCheckpointOut(
+            size=cp.size,
+            note=cp.note,
+            log_key=ctx.audit.vkey,
+            witness_keys=ctx.settings.witness_keys,
+            consistency_proof=proof,
+        )
+
+
+class CosignatureIn(Strict):
+    note: Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+@router.post("/api/v1/audit/cosignatures", response_model=CheckpointOut, responses=ERRORS, tags=["audit"])
+def add_cosignature(body: CosignatureIn, ctx: Ctx) -> CheckpointOut:
+    """Store a configured witness's cosignature on one of our checkpoints (self-authenticating: it is signed)."""
+    try:
+        with ctx.tx() as session:
+            row = ctx.audit.add_cosignatures(session, body.note, ctx.settings.witness_keys)
+            return CheckpointOut(size=row.size, note=row.note, log_key=ctx.audit.vkey)
+    except AuditLogError as e:
+        raise PermissionDenied("cosignature_refused", e.diagnostics()) from e
 
 
 @router.get("/api/v1/audit/export", responses=ERRORS, tags=["audit"])
@@ -539,11 +579,21 @@ def audit_export(
     caller: Caller,
     start: Annotated[int, Query(ge=0, le=2**53)] = 0,
     end: Annotated[int | None, Query(ge=0, le=2**53)] = None,
+    witnessed: Annotated[
+        bool, Query(description="use the newest checkpoint cosigned by the configured witnesses")
+    ] = False,
 ) -> dict[str, Any]:
     from medsec.server.services.audit_view import export_entries
 
     with ctx.tx() as session:
-        return export_entries(session, ctx.audit, _audit_scope(caller), start=start, end=end)
+        return export_entries(
+            session,
+            ctx.audit,
+            _audit_scope(caller),
+            start=start,
+            end=end,
+            witness_vkeys=ctx.settings.witness_keys if witnessed else (),
+        )
 
 
 @router.post("/api/v1/audit/verify", response_model=AuditVerifyOut, responses=ERRORS, tags=["audit"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -127,8 +128,18 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
         return JSONResponse(error_body("invalid_request", problems), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        wants_html = "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api/")
+        if wants_html:
+            # A person followed a wrong link: a page, not a JSON body.
+            page = (
+                '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>medsec</title>'
+                '<link rel="stylesheet" href="/static/portal.css"></head><body>'
+                f'<main id="main"><h1>{exc.status_code}</h1>'
+                f'<p>{html.escape(str(exc.detail))}</p><p><a href="/">medsec</a></p></main></body></html>'
+            )
+            return HTMLResponse(page, exc.status_code)
         return JSONResponse(error_body(code, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
     from medsec.server.api import router as api_router

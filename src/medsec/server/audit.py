@@ -12,6 +12,7 @@ one fsync covers every entry of a transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from medsec.auditlog import merkle
 from medsec.auditlog.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
-from medsec.auditlog.note import NoteSigner
+from medsec.auditlog.note import NoteSignature, NoteSigner, NoteVerifier, assemble_note, parse_note
+from medsec.auditlog.witness import verify_cosignature
 from medsec.crypto.canonical import canonical_json
-from medsec.errors import LogStoreError
+from medsec.errors import CheckpointError, LogStoreError
 from medsec.server.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,34 @@ class ServerAuditLog:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def add_cosignatures(self, session: Session, note: str, witness_vkeys: Sequence[str]) -> AuditCheckpoint:
+        """Merge verified witness cosignatures on one of our checkpoints into its stored note.
+
+        Only cosignatures from ``witness_vkeys`` (the configured witnesses) are kept; a note
+        without any valid one raises CheckpointError. The checkpoint must be one we signed.
+        """
+        cp = verify_checkpoint(note, self.vkey)
+        row = session.scalar(
+            select(AuditCheckpoint).where(AuditCheckpoint.size == cp.size).order_by(AuditCheckpoint.id.desc()).limit(1)
+        )
+        if row is None or row.root_hash != cp.root_hash:
+            raise CheckpointError(f"no checkpoint of size {cp.size} with that root was published by this log")
+        text, offered = parse_note(note)
+        accepted: list[NoteSignature] = []
+        for vkey in witness_vkeys:
+            verifier = NoteVerifier.from_vkey(vkey)
+            mine = [sig for sig in offered if (sig.name, sig.key_id) == (verifier.name, verifier.key_id)]
+            if mine:
+                verify_cosignature(assemble_note(text, mine[:1]), verifier)
+                accepted.append(mine[0])
+        if not accepted:
+            raise CheckpointError("the note carries no valid cosignature from a configured witness")
+        stored_text, stored = parse_note(row.note)
+        keep = [sig for sig in stored if (sig.name, sig.key_id) not in {(a.name, a.key_id) for a in accepted}]
+        row.note = assemble_note(stored_text, [*keep, *accepted])
+        session.flush()
+        return row
+
     def latest_checkpoint(self, session: Session) -> AuditCheckpoint | None:
         return session.scalar(select(AuditCheckpoint).order_by(AuditCheckpoint.size.desc()).limit(1))
 
@@ -165,7 +195,7 @@ class ServerAuditLog:
             leaves.append(merkle.leaf_hash(body))
         rebuilt = merkle.MemoryNodes()
         for leaf in leaves:
-            rebuilt.append(leaf)
+            rebuilt.append_hash(leaf)
         stored = SqlNodeReader(session)
         for i, leaf in enumerate(leaves):
             if stored.node(0, i) != leaf:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from medsec.auditlog.note import NoteSigner
-from medsec.auditlog.witness import Witness
+from medsec.auditlog.witness import MemoryWitnessState, Witness
 from medsec.crypto.keys import SigningKey
 from medsec.errors import ConfigError
 from medsec.server.audit import ServerAuditLog
@@ -44,7 +44,7 @@ class ServerContext:
 
     @property
     def witness_vkey(self) -> str:
-        return Witness(WITNESS_NAME, self.witness_signing_key, DeviceLogWitnessState(None)).vkey
+        return Witness(WITNESS_NAME, self.witness_signing_key, MemoryWitnessState()).vkey
 
     def close(self) -> None:
         self.engine.dispose()

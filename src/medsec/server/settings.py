@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=256 * 1024, description="largest JSON request body accepted")
     login_max_failures: int = Field(default=5, description="failed logins before a temporary lockout")
     login_lockout_minutes: int = Field(default=15)
+    witness_keys: list[str] = Field(
+        default_factory=list,
+        description="verifier keys (name+keyid+base64) of witnesses whose cosignatures on audit checkpoints are kept",
+    )
 
     @property
     def keys_dir(self) -> Path:

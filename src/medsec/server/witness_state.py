@@ -1,14 +1,18 @@
 """Witness state for device access logs, kept in ``device_log_checkpoints``.
 
 The server cosigns each device's log checkpoint only after checking it is
-consistent with the last one it cosigned for that device (RA-2).
+consistent with the last one it cosigned for that device (RA-2). Callers hold
+the device's row lock for the whole transaction, so what this object read
+earlier in the transaction is still the current state (compare-and-set holds).
 """
 
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from medsec.auditlog.witness import TreeHead
@@ -18,52 +22,94 @@ from medsec.server.models import Device, DeviceLogCheckpoint
 ORIGIN_PREFIX = "medsec-device/"
 
 
+@dataclass(frozen=True)
+class DeviceLogIdentity:
+    """Which device a log origin belongs to, and since when (a re-enrolled device starts a new log)."""
+
+    device_id: int
+    since: datetime
+
+
+@dataclass(frozen=True)
+class _Head:
+    row_id: int
+    head: TreeHead
+    note: str
+
+
 class DeviceLogWitnessState:
-    def __init__(self, session: Session | None) -> None:
+    def __init__(self, session: Session, known: dict[str, DeviceLogIdentity] | None = None) -> None:
         self._session = session
+        self._known = dict(known or {})
+        self._heads: dict[str, _Head | None] = {}
 
-    def _device(self, origin: str) -> Device:
-        if self._session is None or not origin.startswith(ORIGIN_PREFIX):
+    def _identity(self, origin: str) -> DeviceLogIdentity:
+        if origin in self._known:
+            return self._known[origin]
+        if not origin.startswith(ORIGIN_PREFIX):
             raise WitnessError(f"unknown log origin {origin!r}")
-        device = self._session.scalar(select(Device).where(Device.serial == origin[len(ORIGIN_PREFIX) :]))
-        if device is None:
+        row = self._session.execute(
+            select(Device.id, Device.enrolled_at, Device.created_at).where(
+                Device.serial == origin[len(ORIGIN_PREFIX) :]
+            )
+        ).one_or_none()
+        if row is None:
             raise WitnessError(f"unknown log origin {origin!r}")
-        return device
+        identity = DeviceLogIdentity(row.id, row.enrolled_at or row.created_at)
+        self._known[origin] = identity
+        return identity
 
-    def latest_row_for(self, device: Device) -> DeviceLogCheckpoint | None:
-        assert self._session is not None
-        return self._session.scalar(
-            select(DeviceLogCheckpoint)
-            .where(DeviceLogCheckpoint.device_id == device.id)
-            # A re-enrolled device has a new key and starts a new log.
-            .where(DeviceLogCheckpoint.received_at >= (device.enrolled_at or device.created_at))
-            .order_by(DeviceLogCheckpoint.size.desc(), DeviceLogCheckpoint.id.desc())
-            .limit(1)
-        )
+    def _head(self, origin: str) -> _Head | None:
+        if origin not in self._heads:
+            self._heads[origin] = latest_head(self._session, self._identity(origin))
+        return self._heads[origin]
 
     def latest(self, origin: str) -> TreeHead | None:
-        row = self.latest_row_for(self._device(origin))
-        if row is None:
-            return None
-        return TreeHead(row.size, base64.b64decode(row.root_hash))
+        head = self._head(origin)
+        return head.head if head else None
 
     def update(self, origin: str, expected: TreeHead | None, new: TreeHead) -> None:
-        """Record ``new``; the caller holds the device row lock, so compare-and-set is exact."""
-        assert self._session is not None
-        device = self._device(origin)
         if self.latest(origin) != expected:
             raise WitnessError(f"witness state for {origin} changed concurrently; retry")
-        self._session.add(
-            DeviceLogCheckpoint(
-                device_id=device.id,
+        identity = self._identity(origin)
+        row_id = self._session.execute(
+            insert(DeviceLogCheckpoint)
+            .values(
+                device_id=identity.device_id,
                 size=new.size,
                 root_hash=base64.b64encode(new.root_hash).decode("ascii"),
-                note="",  # filled with the cosigned note by the caller
+                note="",  # the cosigned note follows in remember_cosigned_note
+                received_at=datetime.now(identity.since.tzinfo),
             )
-        )
-        self._session.flush()
+            .returning(DeviceLogCheckpoint.id)
+        ).scalar_one()
+        self._heads[origin] = _Head(row_id, new, "")
 
     def remember_cosigned_note(self, origin: str, note: str) -> None:
-        row = self.latest_row_for(self._device(origin))
-        if row is not None and not row.note:
-            row.note = note
+        """Keep the cosigned note of the newest head (only once: the first cosignature is the record)."""
+        head = self._head(origin)
+        if head is not None and not head.note:
+            self._session.execute(
+                update(DeviceLogCheckpoint).where(DeviceLogCheckpoint.id == head.row_id).values(note=note)
+            )
+            self._heads[origin] = _Head(head.row_id, head.head, note)
+
+
+def latest_head(session: Session, identity: DeviceLogIdentity) -> _Head | None:
+    row = session.execute(
+        select(
+            DeviceLogCheckpoint.id, DeviceLogCheckpoint.size, DeviceLogCheckpoint.root_hash, DeviceLogCheckpoint.note
+        )
+        .where(DeviceLogCheckpoint.device_id == identity.device_id)
+        .where(DeviceLogCheckpoint.received_at >= identity.since)
+        .order_by(DeviceLogCheckpoint.size.desc(), DeviceLogCheckpoint.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return _Head(row.id, TreeHead(row.size, base64.b64decode(row.root_hash)), row.note)
+
+
+def latest_cosigned_note(session: Session, identity: DeviceLogIdentity) -> str | None:
+    head = latest_head(session, identity)
+    return head.note if head and head.note else None

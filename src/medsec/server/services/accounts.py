@@ -95,7 +95,7 @@ def create_organization(
 def get_organization(session: Session, actor: Principal, slug: str) -> Organization:
     org = session.scalar(select(Organization).where(Organization.slug == slug))
     if org is None or not actor.can_see_org(org.id):
-        raise NotFound("unknown_organization", f"no organisation {slug!r}")
+        raise NotFound("unknown_organization", "no such organisation is visible to you")
     return org
 
 
@@ -200,7 +200,7 @@ def create_user(
 def get_user(session: Session, actor: Principal, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None or not actor.can_see_org(user.organization_id):
-        raise NotFound("unknown_user", f"no user {username!r}")
+        raise NotFound("unknown_user", "no such user is visible to you")
     return user
 
 
@@ -315,6 +315,14 @@ def verify_totp_login(
 ) -> None:
     """Second step of a privileged login; raises AuditedRefusal on a wrong or replayed code."""
     at = now or _now()
+    if user.locked_until is not None and user.locked_until > at:
+        raise _refuse_login(
+            AuthenticationFailed("account_locked", "too many failed logins; try again later"),
+            user.username,
+            user,
+            remote,
+            "locked",
+        )
     if user.totp_secret is None or not user.totp_confirmed:
         raise AuthenticationFailed("totp_not_enrolled", "this account has no second factor yet")
     step = credentials.totp_step_for(user.totp_secret, code, at, user.totp_last_step)
@@ -353,13 +361,29 @@ def confirm_totp_enrollment(
         raise Conflict("totp_not_started", "start the second-factor setup first")
     step = credentials.totp_step_for(user.totp_secret, code, at, user.totp_last_step)
     if step is None:
-        raise AuthenticationFailed("invalid_totp", "wrong one-time code; check the authenticator's clock")
+        # Audited and counted like a wrong login code: enrolment must not become a guessing oracle.
+        raise _refuse_login(
+            AuthenticationFailed("invalid_totp", "wrong one-time code; check the authenticator's clock"),
+            user.username,
+            user,
+            None,
+            "bad_totp_enrollment",
+        )
     user.totp_confirmed = True
     user.totp_last_step = step
     audit.append(session, "auth.totp_enrolled", actor=user.username, organization_id=user.organization_id, details={})
     audit.append(
         session, "auth.login", actor=user.username, organization_id=user.organization_id, details={"mfa": True}
     )
+
+
+def set_locale(session: Session, user: User, locale: str) -> None:
+    """The user's preferred portal language (``en`` or ``ja``)."""
+    if locale not in ("en", "ja"):
+        raise InvalidRequest("invalid_locale", "locale is 'en' or 'ja'")
+    if user.locale != locale:
+        user.locale = locale
+        session.flush()
 
 
 # -- web sessions --------------------------------------------------------------------------------

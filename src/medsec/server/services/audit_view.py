@@ -9,8 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medsec.auditlog.export import build_export
+from medsec.auditlog.note import NoteVerifier, parse_note
+from medsec.errors import NotFound
 from medsec.server.audit import ServerAuditLog, SqlNodeReader
-from medsec.server.models import AuditEntry
+from medsec.server.models import AuditCheckpoint, AuditEntry
 
 MAX_EXPORT = 10_000
 
@@ -33,11 +35,35 @@ def latest_entries(session: Session, organization_id: int | None, limit: int = 5
     return list(reversed(rows))
 
 
+def latest_witnessed_checkpoint(session: Session, witness_vkeys: Sequence[str]) -> AuditCheckpoint | None:
+    """The newest stored checkpoint that carries a cosignature from one of ``witness_vkeys``."""
+    verifiers = [NoteVerifier.from_vkey(v) for v in witness_vkeys]
+    rows = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.size.desc()).limit(200))
+    for row in rows:
+        _text, sigs = parse_note(row.note)
+        if any((s.name, s.key_id) == (v.name, v.key_id) for s in sigs for v in verifiers):
+            return row
+    return None
+
+
 def export_entries(
-    session: Session, audit: ServerAuditLog, organization_id: int | None, *, start: int = 0, end: int | None = None
+    session: Session,
+    audit: ServerAuditLog,
+    organization_id: int | None,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    witness_vkeys: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """An offline-verifiable export (checkpoint + per-entry inclusion proofs) of the visible entries."""
-    cp = audit.checkpoint(session)
+    """An offline-verifiable export (checkpoint + per-entry inclusion proofs) of the visible entries.
+
+    With ``witness_vkeys``, the export uses the newest checkpoint those witnesses cosigned,
+    so the receiver can demand their cosignatures (``medsec audit verify --witness-key``).
+    """
+    cp = latest_witnessed_checkpoint(session, witness_vkeys) if witness_vkeys else None
+    if witness_vkeys and cp is None:
+        raise NotFound("no_witnessed_checkpoint", "no checkpoint has been cosigned by a configured witness yet")
+    cp = cp or audit.checkpoint(session)
     stop = cp.size if end is None else min(end, cp.size)
     stop = min(stop, start + MAX_EXPORT)
     stmt = select(AuditEntry.idx, AuditEntry.body).where(AuditEntry.idx >= start, AuditEntry.idx < stop)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from medsec.auditlog.note import SIG_TYPE_ED25519, vkey_string
@@ -31,6 +34,7 @@ from medsec.server.audit import ServerAuditLog
 from medsec.server.models import (
     Checkin,
     Device,
+    DeviceLogCheckpoint,
     DeviceModel,
     DeviceStatus,
     EnrollmentToken,
@@ -41,7 +45,7 @@ from medsec.server.models import (
 )
 from medsec.server.principal import Principal
 from medsec.server.services.accounts import AuditedRefusal
-from medsec.server.witness_state import DeviceLogWitnessState
+from medsec.server.witness_state import DeviceLogIdentity, DeviceLogWitnessState, latest_cosigned_note
 
 SERIAL_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 ENROLLMENT_TOKEN_PREFIX = "met_"  # noqa: S105 (a public prefix, not a secret)
@@ -105,7 +109,7 @@ def list_devices(session: Session, actor: Principal, *, hospital: Organization |
 def get_device(session: Session, actor: Principal, serial: str) -> Device:
     device = session.scalar(actor.scope_devices(select(Device)).where(Device.serial == serial))
     if device is None:
-        raise NotFound("unknown_device", f"no device {serial!r}")
+        raise NotFound("unknown_device", "no such device is visible to you")
     return device
 
 
@@ -180,7 +184,15 @@ def issue_enrollment_token(
     return secret
 
 
-def _refuse(error: ServiceError, event: str, device: Device | None, details: dict[str, Any]) -> AuditedRefusal:
+class _Identified(Protocol):
+    @property
+    def serial(self) -> str: ...
+
+    @property
+    def hospital_id(self) -> int: ...
+
+
+def _refuse(error: ServiceError, event: str, device: _Identified | None, details: dict[str, Any]) -> AuditedRefusal:
     return AuditedRefusal(
         error,
         event,
@@ -302,16 +314,84 @@ def current_nonce(session: Session, serial: str) -> tuple[str, str | None]:
     """
     device = session.scalar(select(Device).where(Device.serial == serial))
     if device is None or device.nonce is None:
-        raise NotFound("unknown_device", f"no enrolled device {serial!r}")
-    row = DeviceLogWitnessState(session).latest_row_for(device)
-    return device.nonce, (row.note or None) if row else None
+        raise NotFound("unknown_device", "no such enrolled device")
+    identity = DeviceLogIdentity(device.id, device.enrolled_at or device.created_at)
+    return device.nonce, latest_cosigned_note(session, identity)
+
+
+@dataclass(frozen=True)
+class _CheckinTarget:
+    """The columns a check-in needs, read with one locked query (the hot path avoids ORM loading)."""
+
+    id: int
+    serial: str
+    hospital_id: int
+    status: str
+    public_key: str | None
+    last_counter: int
+    nonce: str | None
+    installed_version: str | None
+    hardware_id: str
+    since: datetime
+
+
+@cache
+def _checkin_statements() -> tuple[Any, Any, Any]:
+    """Statements of the check-in hot path, built once (building them costs more than running them)."""
+    lock = (
+        select(
+            Device.id,
+            Device.serial,
+            Device.hospital_id,
+            Device.status,
+            Device.public_key,
+            Device.last_counter,
+            Device.nonce,
+            Device.installed_version,
+            DeviceModel.hardware_id,
+            Device.enrolled_at,
+            Device.created_at,
+        )
+        .join(DeviceModel, DeviceModel.id == Device.model_id)
+        .where(Device.serial == bindparam("b_serial"))
+        .with_for_update(of=Device)
+    )
+    record = (
+        update(Device)
+        .where(Device.id == bindparam("b_id"))
+        .values(
+            installed_version=bindparam("b_version"),
+            agent_state=bindparam("b_state"),
+            last_seen_at=bindparam("b_seen"),
+            last_counter=bindparam("b_counter"),
+            nonce=bindparam("b_nonce"),
+        )
+    )
+    return lock, record, insert(Checkin)
+
+
+def _lock_checkin_target(session: Session, serial: str) -> _CheckinTarget | None:
+    row = session.connection().execute(_checkin_statements()[0], {"b_serial": serial}).one_or_none()
+    if row is None:
+        return None
+    return _CheckinTarget(
+        id=row.id,
+        serial=row.serial,
+        hospital_id=row.hospital_id,
+        status=row.status,
+        public_key=row.public_key,
+        last_counter=row.last_counter,
+        nonce=row.nonce,
+        installed_version=row.installed_version,
+        hardware_id=row.hardware_id,
+        since=row.enrolled_at or row.created_at,
+    )
 
 
 def checkin(
     session: Session,
     audit: ServerAuditLog,
-    witness: Witness,
-    witness_state: DeviceLogWitnessState,
+    witness_for: Callable[[DeviceLogWitnessState], Witness],
     payload: dict[str, Any],
     *,
     checkin_interval_seconds: int,
@@ -328,113 +408,91 @@ def checkin(
             None,
             {},
         ) from e
-    device = session.scalar(select(Device).where(Device.serial == serial).with_for_update(of=Device))
+    device = _lock_checkin_target(session, serial)
     if device is None:
         raise _refuse(
             NotFound("unknown_device", f"no device {serial!r}"), "device.checkin_refused", None, {"serial": serial}
         )
     details: dict[str, Any] = {"serial": serial}
+
+    def refuse(error: ServiceError, event: str = "device.checkin_refused") -> AuditedRefusal:
+        return _refuse(error, event, device, details)
+
     if device.status == DeviceStatus.RETIRED.value:
-        raise _refuse(
-            PermissionDenied("device_retired", "this device is retired"), "device.checkin_refused", device, details
-        )
+        raise refuse(PermissionDenied("device_retired", "this device is retired"))
     if device.status != DeviceStatus.ACTIVE.value or device.public_key is None:
-        raise _refuse(
-            Conflict("device_not_enrolled", "this device has not enrolled"), "device.checkin_refused", device, details
-        )
+        raise refuse(Conflict("device_not_enrolled", "this device has not enrolled"))
+    device_key = VerifyKey.from_base64(device.public_key)
     try:
-        report = VersionReport.verify(body, signature, VerifyKey.from_base64(device.public_key))
+        report = VersionReport.verify(body, signature, device_key)
     except SignatureError as e:
-        raise _refuse(
-            AuthenticationFailed("bad_signature", "report signature does not verify with the device key"),
-            "device.checkin_refused",
-            device,
-            details,
+        raise refuse(
+            AuthenticationFailed("bad_signature", "report signature does not verify with the device key")
         ) from e
     except ProtocolError as e:
-        raise _refuse(InvalidRequest("malformed_report", str(e)), "device.checkin_refused", device, details) from e
+        raise refuse(InvalidRequest("malformed_report", str(e))) from e
     details["counter"] = report.counter
-    if report.hardware_id != device.model.hardware_id:
-        raise _refuse(
-            InvalidRequest("hardware_id_mismatch", "report hardware id differs from the registered model"),
-            "device.checkin_refused",
-            device,
-            details,
-        )
+    if report.hardware_id != device.hardware_id:
+        raise refuse(InvalidRequest("hardware_id_mismatch", "report hardware id differs from the registered model"))
     if report.counter <= device.last_counter:
         if report.nonce != device.nonce:
-            raise _refuse(
-                Conflict("replayed_report", "this report was already received"),
-                "device.checkin_refused",
-                device,
-                details,
-            )
-        raise _refuse(
-            Conflict("counter_not_increasing", "report counter is not above the last accepted one"),
-            "device.checkin_refused",
-            device,
-            details,
-        )
+            raise refuse(Conflict("replayed_report", "this report was already received"))
+        raise refuse(Conflict("counter_not_increasing", "report counter is not above the last accepted one"))
     if report.nonce != device.nonce:
-        raise _refuse(
-            Conflict("stale_nonce", "report does not carry the current nonce; fetch it and resend"),
-            "device.checkin_refused",
-            device,
-            details,
-        )
+        raise refuse(Conflict("stale_nonce", "report does not carry the current nonce; fetch it and resend"))
 
+    now = _now()
     cosigned: str | None = None
     if report.log_checkpoint:
-        vkey = vkey_string(
-            device_log_origin(device.serial), SIG_TYPE_ED25519, VerifyKey.from_base64(device.public_key).raw
-        )
+        origin = device_log_origin(device.serial)
+        state = DeviceLogWitnessState(session, {origin: DeviceLogIdentity(device.id, device.since)})
+        vkey = vkey_string(origin, SIG_TYPE_ED25519, device_key.raw)
         try:
             proof = [_proof_hash(p) for p in report.log_consistency_proof]
-            cosigned = witness.cosign(report.log_checkpoint, vkey, proof, int(_now().timestamp()))
-            witness_state.remember_cosigned_note(device_log_origin(device.serial), cosigned)
+            cosigned = witness_for(state).cosign(report.log_checkpoint, vkey, proof, int(now.timestamp()))
+            state.remember_cosigned_note(origin, cosigned)
         except WitnessError as e:
-            raise _refuse(
-                Conflict("log_fork_detected", f"device log checkpoint refused: {e}"),
-                "device.log_fork_detected",
-                device,
-                details,
+            raise refuse(
+                Conflict("log_fork_detected", f"device log checkpoint refused: {e}"), "device.log_fork_detected"
             ) from e
         except (AuditLogError, ValueError) as e:
-            raise _refuse(
-                InvalidRequest("bad_log_checkpoint", f"device log checkpoint is invalid: {e}"),
-                "device.checkin_refused",
-                device,
-                details,
-            ) from e
+            raise refuse(InvalidRequest("bad_log_checkpoint", f"device log checkpoint is invalid: {e}")) from e
 
-    previous_version = device.installed_version
-    device.installed_version = report.installed_version
-    device.agent_state = report.agent_state
-    device.last_seen_at = _now()
-    device.last_counter = report.counter
-    device.nonce = credentials.new_nonce()
-    session.add(
-        Checkin(
-            device_id=device.id,
-            counter=report.counter,
-            received_at=device.last_seen_at,
-            installed_version=report.installed_version,
-            agent_state=report.agent_state,
-            report=canonical_json(report.to_json()).decode("utf-8"),
-            signature=signature,
-        )
+    nonce = credentials.new_nonce()
+    _lock, record, add_checkin = _checkin_statements()
+    conn = session.connection()
+    conn.execute(
+        record,
+        {
+            "b_id": device.id,
+            "b_version": report.installed_version,
+            "b_state": report.agent_state,
+            "b_seen": now,
+            "b_counter": report.counter,
+            "b_nonce": nonce,
+        },
     )
-    if previous_version != report.installed_version:
+    conn.execute(
+        add_checkin,
+        {
+            "device_id": device.id,
+            "counter": report.counter,
+            "received_at": now,
+            "installed_version": report.installed_version,
+            "agent_state": report.agent_state,
+            "report": canonical_json(report.to_json()).decode("utf-8"),
+            "signature": signature,
+        },
+    )
+    if device.installed_version != report.installed_version:
         audit.append(
             session,
             "device.version_changed",
             actor=f"device:{device.serial}",
             organization_id=device.hospital_id,
-            details={"serial": device.serial, "from": previous_version, "to": report.installed_version},
+            details={"serial": device.serial, "from": device.installed_version, "to": report.installed_version},
         )
-    return CheckinResponse(
-        nonce=device.nonce, checkin_interval_seconds=checkin_interval_seconds, cosigned_checkpoint=cosigned
-    )
+    return CheckinResponse(nonce=nonce, checkin_interval_seconds=checkin_interval_seconds, cosigned_checkpoint=cosigned)
 
 
 def _proof_hash(value: str) -> bytes:
@@ -449,6 +507,19 @@ def list_checkins(session: Session, actor: Principal, serial: str, limit: int = 
     return list(
         session.scalars(
             select(Checkin).where(Checkin.device_id == device.id).order_by(Checkin.counter.desc()).limit(limit)
+        )
+    )
+
+
+def list_log_checkpoints(session: Session, actor: Principal, serial: str, limit: int = 20) -> list[DeviceLogCheckpoint]:
+    """Access-log checkpoints the server cosigned for a device the caller may see (newest first)."""
+    device = get_device(session, actor, serial)
+    return list(
+        session.scalars(
+            select(DeviceLogCheckpoint)
+            .where(DeviceLogCheckpoint.device_id == device.id)
+            .order_by(DeviceLogCheckpoint.size.desc(), DeviceLogCheckpoint.id.desc())
+            .limit(limit)
         )
     )
 
