@@ -57,6 +57,9 @@ class Component:
     end_of_support: str | None = None  # ISO date
     source_sbom: str | None = None  # provenance: which supplier SBOM this came from (merged views)
     issues: tuple[ComponentIssue, ...] = ()
+    group: str | None = None  # CycloneDX group (Maven groupId, npm scope...)
+    parent: ComponentRef | None = None  # the enclosing component when the SBOM nests components
+    properties: tuple[tuple[str, str], ...] = ()  # other name/value properties, in document order
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Provenance:
     created: str | None = None
     tools: tuple[str, ...] = ()
     sha256: str | None = None  # of the file as imported
+    authors: tuple[str, ...] = ()  # NTIA "author of SBOM data" (people, organisations)
+    from_supplier: bool = False  # True when the caller named a supplier (附属書A: kept apart)
+    source_name: str | None = None  # file name as imported
 
 
 @dataclass(frozen=True)

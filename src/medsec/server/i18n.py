@@ -51,8 +51,20 @@ def load_catalog(po_path: Path, locale: str) -> Translations:
 
 
 def load_catalogs(locale_dir: Path = LOCALE_DIR) -> dict[str, Translations]:
-    """Translations for every supported language, keyed by language code."""
-    return {code: load_catalog(locale_dir / code / "LC_MESSAGES" / f"{DOMAIN}.po", code) for code in SUPPORTED}
+    """Translations for every supported language, keyed by language code.
+
+    Each language has ``messages.po`` plus one ``.po`` file per portal area (``updates.po``,
+    ``vulns.po``...), merged into one catalog so templates use a single gettext.
+    """
+    catalogs: dict[str, Translations] = {}
+    for code in SUPPORTED:
+        folder = locale_dir / code / "LC_MESSAGES"
+        merged = load_catalog(folder / f"{DOMAIN}.po", code)
+        for extra in sorted(folder.glob("*.po")):
+            if extra.name != f"{DOMAIN}.po":
+                merged.merge(load_catalog(extra, code))
+        catalogs[code] = merged
+    return catalogs
 
 
 def supported(code: str | None) -> str | None:

@@ -17,7 +17,8 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Migrate to ``revision``; the default takes every branch head (features migrate independently)."""
     command.upgrade(alembic_config(url), revision)
 
 

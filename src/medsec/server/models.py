@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Integer,
@@ -279,3 +281,36 @@ class AuditCheckpoint(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReleaseStatus(enum.StrEnum):
+    DRAFT = "draft"  # known (e.g. an SBOM was imported) but not published as a signed update
+    PUBLISHED = "published"  # signed and in the TUF image repository
+    WITHDRAWN = "withdrawn"
+
+
+class Release(Base):
+    """One software version of a product: what devices run, what SBOMs describe, what updates install."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("product", "version", name="uq_releases_product_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[str] = mapped_column(String(100))
+    release_counter: Mapped[int | None] = mapped_column(BigInteger)  # strictly increasing per product (SM-6)
+    status: Mapped[str] = mapped_column(String(16), default=ReleaseStatus.DRAFT.value)
+    hardware_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    min_from_version: Mapped[str | None] = mapped_column(String(100))
+    target_name: Mapped[str | None] = mapped_column(String(300))
+    target_sha256: Mapped[str | None] = mapped_column(String(64))
+    target_length: Mapped[int | None] = mapped_column(BigInteger)
+    notes_en: Mapped[str] = mapped_column(Text, default="")
+    notes_ja: Mapped[str] = mapped_column(Text, default="")
+    fixed_vulnerabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expected_downtime_minutes: Mapped[int | None] = mapped_column(Integer)
+    rollback_supported: Mapped[bool] = mapped_column(Boolean, default=True)
+    eol_date: Mapped[date | None] = mapped_column(Date)  # end of life: limited support begins (handbook 表2)
+    eos_date: Mapped[date | None] = mapped_column(Date)  # end of support: no more security updates
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
 
-from medsec.server import models  # noqa: F401  (registers the tables on Base.metadata)
+from medsec.server import models
 from medsec.server.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def render_item(type_: str, obj: Any, _autogen_context: Any) -> str | Literal[False]:
+    """Render our column types as plain SQLAlchemy ones, so migrations never import app code."""
+    if type_ == "type" and isinstance(obj, models.UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def run_migrations_offline() -> None:
@@ -27,6 +36,7 @@ def run_migrations_online() -> None:
                 connection=connection,
                 target_metadata=target_metadata,
                 render_as_batch=connection.dialect.name == "sqlite",
+                render_item=render_item,
             )
             with context.begin_transaction():
                 context.run_migrations()
