@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from medsec import __version__
-from medsec.cli import audit, server, witness
+from medsec.cli import audit, keys, release, server, witness
 from medsec.cli.agent import agent
 from medsec.cli.demo import demo, totp_code
 
@@ -18,6 +18,9 @@ app = typer.Typer(
 app.add_typer(server.app, name="server")
 app.add_typer(audit.app, name="audit")
 app.add_typer(witness.app, name="witness")
+app.add_typer(keys.app, name="keys")
+app.add_typer(release.app, name="release")
+app.add_typer(release.repo_app, name="repo")
 app.command("agent")(agent)
 app.command("demo")(demo)
 app.command("totp-code")(totp_code)
