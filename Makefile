@@ -23,8 +23,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-test: lint
+CSAF_NODE := tests/advisories/node
+
+test: lint $(CSAF_NODE)/node_modules/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The BSI CSAF validator (npm) for the advisory tests; skipped with a reason when npm is missing.
+$(CSAF_NODE)/node_modules/.installed: $(CSAF_NODE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(CSAF_NODE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "note: npm not found; the CSAF validator-lib test will be skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
