@@ -27,6 +27,12 @@ subsystem; inside a subsystem, errors are grouped by fault::
         ├── Conflict              409: the object's state forbids the operation
         └── InvalidRequest        422: well-formed HTTP, unusable content
 
+Subsystems with many errors keep their subtree next to their code, rooted here:
+``medsec.updates.errors.UpdateError``, ``medsec.sbom.errors.SbomError``,
+``medsec.vulns.errors.VulnError``, ``medsec.lifecycle.errors.LifecycleError``,
+``medsec.advisories.errors.AdvisoryError``. Each derives from :class:`Error`, so
+``except medsec.errors.Error`` catches them all and the CLI maps them to exit code 1.
+
 Foreign exceptions are translated at the boundary with ``raise ... from e``.
 """
 
