@@ -6,7 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_auditlog.py", "bench_checkins.py", "bench_sbom.py", "bench_director.py", "bench_update_download.py", "bench_matching.py"]
+BENCHMARKS = [
+    "bench_auditlog.py",
+    "bench_checkins.py",
+    "bench_sbom.py",
+    "bench_director.py",
+    "bench_update_download.py",
+    "bench_matching.py",
+    "bench_gateway.py",
+]
 
 
 def main() -> int:
