@@ -200,8 +200,10 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
     import uvicorn
 
     from medsec.server.app import create_app
+    from medsec.server.seed_vulns import seed_demo_vulns
 
     info = prepare(options)
+    seed_demo_vulns(_settings(options))  # SBOM, findings, VEX, CSAF advisory, EOS plan (idempotent)
     app = create_app(_settings(options))
     server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
     stop = threading.Event()

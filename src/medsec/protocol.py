@@ -12,6 +12,11 @@ replayed as a check-in). Wire format (JSON over HTTPS):
     ``{"report": VersionReport, "signature": b64}``. Answer:
     :class:`CheckinResponse`. A refusal is an HTTP 4xx with
     ``{"error": code, "detail": text}``; the codes are in :data:`CHECKIN_ERRORS`.
+``GET /director/{serial}/metadata/{file}``
+    The device's director metadata (docs/updates-format.md). The request carries
+    ``X-Medsec-Device-Time`` (Unix seconds) and ``X-Medsec-Device-Signature``,
+    the device key's signature over :func:`director_request_bytes`, so only the
+    device itself reads what is assigned to it.
 ``POST /api/v1/devices/{serial}/nonce``
     ``{"nonce": current, "cosigned_checkpoint": note or null}``: lets a device
     that lost a response resynchronise, including which access-log tree the
@@ -33,6 +38,27 @@ from medsec.errors import ProtocolError, SignatureError
 
 ENROLL_CONTEXT = b"medsec-enroll-v1"
 CHECKIN_CONTEXT = b"medsec-checkin-v1"
+DIRECTOR_GET_CONTEXT = b"medsec-director-get-v1"
+DEVICE_TIME_HEADER = "X-Medsec-Device-Time"
+DEVICE_SIGNATURE_HEADER = "X-Medsec-Device-Signature"
+
+# States a device may report in the ``update`` object of a version report.
+UPDATE_STATES = frozenset(
+    {
+        "idle",
+        "downloading",
+        "downloaded",
+        "waiting_for_window",
+        "installing",
+        "switched",
+        "health_check",
+        "committed",
+        "rolled_back",
+        "failed",
+    }
+)
+UPDATE_FIELDS = ("state", "release_counter", "target", "reason", "campaign")
+MAX_REASON = 1000
 
 # Refusal codes the check-in endpoint returns (HTTP status in the value).
 CHECKIN_ERRORS: dict[str, int] = {
@@ -65,6 +91,39 @@ def b64decode_field(value: str, name: str) -> bytes:
 
 def signed_bytes(context: bytes, body: dict[str, Any]) -> bytes:
     return context + b"\n" + canonical_json(body)
+
+
+def director_request_bytes(serial: str, path: str, unix_time: int) -> bytes:
+    """What a device signs to read its own director metadata at ``path``."""
+    return signed_bytes(DIRECTOR_GET_CONTEXT, {"serial": serial, "path": path, "time": unix_time})
+
+
+def sign_director_request(key: SigningKey, serial: str, path: str, unix_time: int) -> dict[str, str]:
+    """The headers of a director metadata request."""
+    signature = _b64(key.sign(director_request_bytes(serial, path, unix_time)))
+    return {DEVICE_TIME_HEADER: str(unix_time), DEVICE_SIGNATURE_HEADER: signature}
+
+
+def normalize_update(value: Any) -> dict[str, Any] | None:
+    """Check a report's ``update`` object and give it its one signed form (every field, None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("report field 'update' must be an object")
+    unknown = set(value) - set(UPDATE_FIELDS)
+    if unknown:
+        raise ProtocolError(f"report field 'update' has unknown keys: {sorted(unknown)}")
+    out = {name: value.get(name) for name in UPDATE_FIELDS}
+    if out["state"] not in UPDATE_STATES:
+        raise ProtocolError("update.state is not a known update state")
+    counter = out["release_counter"]
+    if counter is not None and (not isinstance(counter, int) or isinstance(counter, bool) or counter < 0):
+        raise ProtocolError("update.release_counter must be a non-negative integer")
+    for name, limit in (("target", MAX_FIELD), ("campaign", 64), ("reason", MAX_REASON)):
+        text = out[name]
+        if text is not None and (not isinstance(text, str) or len(text) > limit):
+            raise ProtocolError(f"update.{name} must be a string of at most {limit}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,9 +168,11 @@ class VersionReport:
     sent_at: int  # device clock, Unix seconds (informational; freshness comes from the nonce)
     log_checkpoint: str | None = None  # the device access log's signed checkpoint note
     log_consistency_proof: tuple[str, ...] = ()  # base64 hashes from the last cosigned size
+    # The update state machine's status (SM-1): {state, release_counter, target, reason, campaign}.
+    update: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "serial": self.serial,
             "hardware_id": self.hardware_id,
             "installed_version": self.installed_version,
@@ -122,6 +183,10 @@ class VersionReport:
             "log_checkpoint": self.log_checkpoint,
             "log_consistency_proof": list(self.log_consistency_proof),
         }
+        if self.update is not None:
+            # Only present when set, so reports of agents without an updater keep their signed bytes.
+            body["update"] = normalize_update(self.update)
+        return body
 
     def sign(self, key: SigningKey) -> dict[str, Any]:
         body = self.to_json()
@@ -132,6 +197,7 @@ class VersionReport:
         try:
             fields = dict(body)
             fields["log_consistency_proof"] = tuple(fields.get("log_consistency_proof") or ())
+            fields["update"] = normalize_update(fields.get("update"))
             report = cls(**fields)
         except TypeError as e:
             raise ProtocolError(f"report has unexpected or missing fields: {e}") from e

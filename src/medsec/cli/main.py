@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from medsec import __version__
-from medsec.cli import audit, keys, release, server, witness
+from medsec.cli import advisories, audit, campaign, feeds, keys, lifecycle, release, sbom, server, vulns, witness
 from medsec.cli.agent import agent
 from medsec.cli.demo import demo, totp_code
 
@@ -21,6 +21,12 @@ app.add_typer(witness.app, name="witness")
 app.add_typer(keys.app, name="keys")
 app.add_typer(release.app, name="release")
 app.add_typer(release.repo_app, name="repo")
+app.add_typer(campaign.app, name="campaign")
+app.add_typer(sbom.app, name="sbom")
+app.add_typer(feeds.app, name="feeds")
+app.add_typer(vulns.app, name="vulns")
+app.add_typer(advisories.app, name="advisories")
+app.add_typer(lifecycle.app, name="lifecycle")
 app.command("agent")(agent)
 app.command("demo")(demo)
 app.command("totp-code")(totp_code)

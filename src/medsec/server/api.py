@@ -119,6 +119,16 @@ def enroll(body: SignedEnrollment, ctx: Ctx) -> EnrollmentAnswer:
     return EnrollmentAnswer(**asdict(answer))
 
 
+class UpdateReportBody(Strict):
+    """The update status inside a signed report (medsec.protocol.normalize_update checks it again)."""
+
+    state: Annotated[str, Field(min_length=1, max_length=32)]
+    release_counter: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
+    target: Annotated[str | None, Field(max_length=256)] = None
+    reason: Annotated[str | None, Field(max_length=1000)] = None
+    campaign: Annotated[str | None, Field(max_length=64)] = None
+
+
 class ReportBody(Strict):
     serial: Str100
     hardware_id: Str100
@@ -129,6 +139,7 @@ class ReportBody(Strict):
     sent_at: Annotated[int, Field(ge=0, le=2**53 - 1)]
     log_checkpoint: Annotated[str | None, Field(max_length=8192)] = None
     log_consistency_proof: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = []
+    update: UpdateReportBody | None = None
 
 
 class SignedReport(Strict):

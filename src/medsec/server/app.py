@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -98,9 +99,28 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
     settings = settings or Settings()
     ctx = context or build_context(settings)
 
+    from medsec.server.services.update_background import UpdateRuntime
+
+    updates = UpdateRuntime(ctx)
+
+    async def update_loop(stop: asyncio.Event) -> None:
+        # Re-signing, release sync, campaign steps and notifications (SM-1, SM-2); in a thread: it does I/O.
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(updates.step)
+            except Exception:
+                logger.exception("update background step failed")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.updates_tick_seconds)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(update_loop(stop)) if settings.updates_tick_seconds > 0 else None
         yield
+        stop.set()
+        if task is not None:
+            await task
         if context is None:
             ctx.close()
 
@@ -111,6 +131,7 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.updates = updates
 
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -143,12 +164,28 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
         return JSONResponse(error_body(code, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
     from medsec.server.api import router as api_router
+    from medsec.server.api_updates import mount_repository
+    from medsec.server.api_updates import router as updates_api_router
     from medsec.server.portal import router as portal_router
+    from medsec.server.portal_updates import router as updates_portal_router
 
     app.include_router(api_router)
+    app.include_router(updates_api_router)
     app.include_router(portal_router)
+    app.include_router(updates_portal_router)
     from medsec.server.portal import mount_static
 
     mount_static(app)
+    from medsec.server.api_vulns import router as vulns_api_router
+    from medsec.server.portal_vulns import mount_csaf
+    from medsec.server.portal_vulns import router as vulns_portal_router
+
+    app.include_router(vulns_api_router)
+    app.include_router(vulns_portal_router)
+    mount_csaf(app, settings.csaf_root)
+    from medsec.server.api_remote import router as remote_api_router
+
+    app.include_router(remote_api_router)
+    mount_repository(app, settings.repo_dir)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app

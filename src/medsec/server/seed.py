@@ -23,6 +23,7 @@ MODEL = {"product": "infusion-pump", "name": "InfuCare 300 infusion pump", "hard
 # username, organisation slug, roles, display name
 USERS: tuple[tuple[str, str, frozenset[Role], str], ...] = (
     ("maker-admin", MANUFACTURER[0], frozenset({Role.MANUFACTURER_ADMIN}), "Manufacturer admin"),
+    ("maker-release", MANUFACTURER[0], frozenset({Role.RELEASE_ENGINEER}), "Release engineer"),
     ("maker-psirt", MANUFACTURER[0], frozenset({Role.PSIRT}), "Product security (PSIRT)"),
     ("maker-service", MANUFACTURER[0], frozenset({Role.SERVICE_ENGINEER}), "Field service engineer"),
     ("maker-auditor", MANUFACTURER[0], frozenset({Role.AUDITOR}), "Auditor"),

@@ -6,7 +6,12 @@ from typing import Any, Literal
 
 from alembic import context
 
-from medsec.server import models
+from medsec.server import (  # noqa: F401 (registers the update and vulnerability tables)
+    models,
+    models_remote,
+    models_updates,
+    models_vulns,
+)
 from medsec.server.db import Base, make_engine
 
 config = context.config

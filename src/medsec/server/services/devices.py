@@ -492,6 +492,21 @@ def checkin(
             organization_id=device.hospital_id,
             details={"serial": device.serial, "from": device.installed_version, "to": report.installed_version},
         )
+    if report.update is not None:
+        # Campaign progress comes only from here: a report verified with the device key (SM-1, SM-6).
+        from medsec.server.services.update_campaigns import record_update_report
+
+        record_update_report(
+            session,
+            audit,
+            device_id=device.id,
+            serial=device.serial,
+            hospital_id=device.hospital_id,
+            installed_version=report.installed_version,
+            update=report.update,
+            report_counter=report.counter,
+            now=now,
+        )
     return CheckinResponse(nonce=nonce, checkin_interval_seconds=checkin_interval_seconds, cosigned_checkpoint=cosigned)
 
 
