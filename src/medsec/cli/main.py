@@ -8,6 +8,8 @@ from medsec import __version__
 from medsec.cli import advisories, audit, campaign, feeds, keys, lifecycle, release, sbom, server, vulns, witness
 from medsec.cli.agent import agent
 from medsec.cli.demo import demo, totp_code
+from medsec.cli.gateway import gateway
+from medsec.cli.maintenance import app as maintenance_app
 
 app = typer.Typer(
     name="medsec",
@@ -27,6 +29,8 @@ app.add_typer(feeds.app, name="feeds")
 app.add_typer(vulns.app, name="vulns")
 app.add_typer(advisories.app, name="advisories")
 app.add_typer(lifecycle.app, name="lifecycle")
+app.add_typer(maintenance_app, name="maintenance")
+app.command("gateway")(gateway)
 app.command("agent")(agent)
 app.command("demo")(demo)
 app.command("totp-code")(totp_code)

@@ -599,7 +599,9 @@ def issue_certificate(
 def check_overdue(db: Session, audit: ServerAuditLog, now: int) -> list[str]:
     """Escalate unconfirmed ends and late emergency approvals; end active sessions past their window."""
     touched: list[str] = []
-    rows = db.scalars(select(RemoteSession).where(RemoteSession.state.in_(WATCHED_STATES)).with_for_update())
+    rows = db.scalars(
+        select(RemoteSession).where(RemoteSession.state.in_(WATCHED_STATES)).with_for_update(of=RemoteSession)
+    )
     for row in rows:
         try:
             value = to_value(db, row)
@@ -643,7 +645,7 @@ def gateway_ticket(
     db: Session, audit: ServerAuditLog, approval_key: SigningKey, session_id: str, now: int
 ) -> SessionTicket:
     """A fresh ticket for one engineer connection; the first connection starts the session."""
-    row = db.scalar(select(RemoteSession).where(RemoteSession.id == session_id).with_for_update())
+    row = db.scalar(select(RemoteSession).where(RemoteSession.id == session_id).with_for_update(of=RemoteSession))
     if row is None:
         raise AccessRefused("unknown_session", f"no session {session_id!r}")
     value = to_value(db, row)
