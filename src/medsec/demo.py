@@ -20,6 +20,7 @@ from typing import Any
 
 from medsec.atomic_file import atomic_write
 from medsec.crypto.keys import write_private_file
+from medsec.demo_updates import setup_demo_updates
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
 
     info = prepare(options)
     seed_demo_vulns(_settings(options))  # SBOM, findings, VEX, CSAF advisory, EOS plan (idempotent)
+    info["update_tour"] = setup_demo_updates(_settings(options), info)  # keys, releases, device slots (idempotent)
     app = create_app(_settings(options))
     server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
     stop = threading.Event()

@@ -35,7 +35,7 @@ class AccessLog:
     def size(self) -> int:
         return self._log.size
 
-    def record(self, event: str, **fields: Any) -> int:
+    def record(self, event: str, /, **fields: Any) -> int:
         """Append one event durably, refresh the signed checkpoint, and return the event's index.
 
         Signing after every event keeps ``checkpoint.note`` current, so cutting

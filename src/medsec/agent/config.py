@@ -10,11 +10,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from medsec.errors import ConfigError
 from medsec.protocol import MAX_FIELD
+
+if TYPE_CHECKING:
+    from medsec.agent.update_config import UpdateConfig
 
 CONFIG_RELPATH = Path("etc/medsec/agent.json")
 DEFAULT_VERSION_RELPATH = Path("etc/medsec/version")
@@ -41,6 +44,7 @@ _KNOWN_FIELDS = frozenset(
         "ca_file",
         "retry_initial_seconds",
         "retry_max_seconds",
+        "update",
     }
 )
 
@@ -88,6 +92,7 @@ class AgentConfig:
     ca_file: Path | None = None  # extra trust anchor for an https server_url
     retry_initial_seconds: int = DEFAULT_RETRY_INITIAL
     retry_max_seconds: int = DEFAULT_RETRY_MAX
+    update: UpdateConfig | None = None  # signed updates (medsec.agent.update_config)
 
     @property
     def layout(self) -> DeviceLayout:
@@ -145,7 +150,17 @@ class AgentConfig:
             ca_file=_path_field(root, data, "ca_file"),
             retry_initial_seconds=retry_initial,
             retry_max_seconds=retry_max,
+            update=_update_section(root, data.get("update")),
         )
+
+
+def _update_section(root: Path, value: Any) -> UpdateConfig | None:
+    if value is None:
+        return None
+    # Imported only when configured, so agents without updates load no update code.
+    from medsec.agent.update_config import parse_update_section
+
+    return parse_update_section(root, value)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

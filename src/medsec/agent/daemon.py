@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -34,6 +34,9 @@ from medsec.auditlog.witness import verify_cosignature
 from medsec.crypto.keys import SigningKey
 from medsec.errors import AgentError, AuditLogError, CheckinRejected, ConfigError, CryptoError, ProtocolError
 from medsec.protocol import MAX_FIELD, CheckinResponse, EnrollmentRequest, VersionReport
+
+if TYPE_CHECKING:
+    from medsec.agent.updater import AgentUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class Agent:
         # The last refusal written to the access log, so a device stuck on the same
         # refusal does not add an entry every retry.
         self._last_problem: tuple[str, str] | None = None
+        self.updates: AgentUpdater | None = None  # signed updates, when agent.json has an 'update' section
 
     @classmethod
     def start(
@@ -116,6 +120,11 @@ class Agent:
                 clock=clock,
                 rng=rng if rng is not None else random.SystemRandom(),
             )
+            if config.update is not None:
+                from medsec.agent.updater import AgentUpdater  # update code only when configured
+
+                agent.updates = AgentUpdater(config, config.update, key, access_log, clock=clock)
+                cleanup.callback(agent.updates.close)
             agent._after_start()
             cleanup.pop_all()
         return agent
@@ -177,6 +186,8 @@ class Agent:
             if self._own_http:
                 stack.callback(self._http.close)
             stack.callback(self.access_log.close)
+            if self.updates is not None:
+                stack.callback(self.updates.close)
 
     def run(self, stop: threading.Event) -> None:
         """Enroll if needed, then check in until ``stop`` is set."""
@@ -215,7 +226,10 @@ class Agent:
         self._backoff.reset()
         self._last_problem = None
         # Right after enrolling, report at once so the server learns our version.
-        return 0.0 if enrolling else jittered(self.checkin_interval, self._rng)
+        delay = 0.0 if enrolling else jittered(self.checkin_interval, self._rng)
+        if self.updates is not None and not enrolling:
+            delay = min(delay, self.updates.step())
+        return delay
 
     def _note_problem(self, event: str, code: str, detail: str) -> None:
         if self._last_problem == (event, code):
@@ -348,6 +362,7 @@ class Agent:
             sent_at=int(self._clock()),
             log_checkpoint=checkpoint,
             log_consistency_proof=proof,
+            update=self.updates.report() if self.updates is not None else None,
         )
         response = self._client.checkin(report.sign(self._key))
         self._accept(report, response, checkpoint, size)
@@ -398,6 +413,9 @@ class Agent:
         self._state = state
 
     def _installed_version(self) -> str:
+        running = self.updates.running_version() if self.updates is not None else None
+        if running is not None:
+            return running
         path = self.config.version_file
         try:
             with path.open("rb") as f:
@@ -453,7 +471,15 @@ def run_agent(
             previous[sig] = signal.signal(sig, request_stop)
     try:
         with Agent.start(config, http=http) as agent:
-            agent.run(stop)
+            from medsec.agent.remote_link import start_remote_link  # RA-1: off unless remote.json enables it
+
+            link = start_remote_link(config, agent.access_log, stop)
+            try:
+                agent.run(stop)
+            finally:
+                if link is not None:
+                    stop.set()
+                    link.join(timeout=30)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

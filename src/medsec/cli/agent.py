@@ -16,6 +16,16 @@ def agent(
     status: Annotated[bool, typer.Option("--status", help="print the agent's state and exit")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (with --status)")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+    local_console: Annotated[
+        bool, typer.Option("--console", help="open the local service console (PA-3); the agent must be stopped")
+    ] = False,
+    ticket: Annotated[
+        Path | None, typer.Option("--ticket", help="with --console: a hospital-signed session ticket file")
+    ] = None,
+    session: Annotated[str | None, typer.Option("--session", help="with --console: the session id")] = None,
+    code: Annotated[
+        str | None, typer.Option("--code", help="with --console: the one-time local maintenance code")
+    ] = None,
 ) -> None:
     """Run the device agent: enroll once, then send signed check-ins and keep the device access log."""
     from medsec.agent.config import AgentConfig
@@ -23,6 +33,20 @@ def agent(
     from medsec.agent.status import agent_status
 
     with errors_to_exit(as_json):
+        if local_console:
+            import sys
+
+            from medsec.agent.console import open_console_and_serve
+
+            open_console_and_serve(
+                root,
+                ticket_text=ticket.read_text("utf-8") if ticket is not None else None,
+                session_id=session,
+                code=code,
+                lines=sys.stdin,
+                out=sys.stdout,
+            )
+            return
         if status:
             info = agent_status(root)
             if as_json:

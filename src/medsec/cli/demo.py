@@ -37,6 +37,9 @@ def _announce(info: dict[str, Any], data_dir: Path) -> None:
         f"Simulated devices: {', '.join(d['serial'] for d in info['devices'])} (logs in each device root's agent.log)"
     )
     console.print(f"Logins, an admin API token and the log keys are in {data_dir / 'demo.json'}", highlight=False)
+    if info.get("update_tour"):
+        console.rule("[bold]Update tour")
+        console.print(info["update_tour"], highlight=False, markup=False, soft_wrap=True)
 
 
 def demo(

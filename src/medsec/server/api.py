@@ -156,14 +156,7 @@ class CheckinAnswer(BaseModel):
 @router.post("/api/v1/checkin", response_model=CheckinAnswer, responses=ERRORS, tags=["devices"])
 def checkin(body: SignedReport, ctx: Ctx) -> CheckinAnswer:
     payload = {"report": body.report.model_dump(exclude_unset=False), "signature": body.signature}
-    with ctx.tx() as session:
-        answer = devices.checkin(
-            session,
-            ctx.audit,
-            ctx.witness,
-            payload,
-            checkin_interval_seconds=ctx.settings.checkin_interval_seconds,
-        )
+    answer = ctx.checkins.submit(payload)  # group commit; raises the report's own refusal
     return CheckinAnswer(**asdict(answer))
 
 

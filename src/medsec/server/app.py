@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -94,8 +95,23 @@ async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: Settings | None = None, context: ServerContext | None = None) -> FastAPI:
-    """Build the server. Pass ``context`` to share one (tests), else it is built from ``settings``."""
+def check_remote_sessions(ctx: ServerContext, now: int) -> list[str]:
+    """One escalation pass over the remote-maintenance sessions (RA-3), in its own transaction."""
+    from medsec.server.services.remote_sessions import check_overdue
+
+    with ctx.tx() as db:
+        return check_overdue(db, ctx.audit, now)
+
+
+def create_app(
+    settings: Settings | None = None,
+    context: ServerContext | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Build the server. Pass ``context`` to share one (tests), else it is built from ``settings``.
+
+    ``clock`` is the time the background loops act on; tests pass a later one to see escalations.
+    """
     settings = settings or Settings()
     ctx = context or build_context(settings)
 
@@ -113,13 +129,29 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.updates_tick_seconds)
 
+    async def remote_loop(stop: asyncio.Event) -> None:
+        # Unconfirmed ends, late emergency approvals, sessions past their window (RA-1, RA-3).
+        while not stop.is_set():
+            try:
+                touched = await asyncio.to_thread(check_remote_sessions, ctx, int(clock()))
+                if touched:
+                    logger.info("remote sessions escalated or closed: %s", ", ".join(touched))
+            except Exception:
+                logger.exception("remote-maintenance background check failed")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.remote_tick_seconds)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(update_loop(stop)) if settings.updates_tick_seconds > 0 else None
+        tasks: list[asyncio.Task[None]] = []
+        if settings.updates_tick_seconds > 0:
+            tasks.append(asyncio.create_task(update_loop(stop)))
+        if settings.remote_tick_seconds > 0:
+            tasks.append(asyncio.create_task(remote_loop(stop)))
         yield
         stop.set()
-        if task is not None:
+        for task in tasks:
             await task
         if context is None:
             ctx.close()
@@ -184,8 +216,10 @@ def create_app(settings: Settings | None = None, context: ServerContext | None =
     app.include_router(vulns_portal_router)
     mount_csaf(app, settings.csaf_root)
     from medsec.server.api_remote import router as remote_api_router
+    from medsec.server.portal_remote import router as remote_portal_router
 
     app.include_router(remote_api_router)
+    app.include_router(remote_portal_router)
     mount_repository(app, settings.repo_dir)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,7 @@ from medsec.auditlog.witness import MemoryWitnessState, Witness
 from medsec.crypto.keys import SigningKey
 from medsec.errors import ConfigError
 from medsec.server.audit import ServerAuditLog
+from medsec.server.checkin_batch import CheckinBatcher
 from medsec.server.db import make_engine, make_session_factory, transaction
 from medsec.server.settings import Settings
 from medsec.server.witness_state import DeviceLogWitnessState
@@ -46,7 +48,22 @@ class ServerContext:
     def witness_vkey(self) -> str:
         return Witness(WITNESS_NAME, self.witness_signing_key, MemoryWitnessState()).vkey
 
+    _checkins: CheckinBatcher | None = field(default=None, init=False, repr=False)
+    _checkins_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def checkins(self) -> CheckinBatcher:
+        """The process's check-in group committer, started on first use."""
+        with self._checkins_lock:
+            if self._checkins is None:
+                self._checkins = CheckinBatcher(self, self.settings.checkin_batch_max)
+            return self._checkins
+
     def close(self) -> None:
+        with self._checkins_lock:
+            if self._checkins is not None:
+                self._checkins.close()
+                self._checkins = None
         self.engine.dispose()
 
 

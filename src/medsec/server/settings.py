@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=8, ge=1, le=24 * 7, description="web session lifetime")
     secure_cookies: bool = Field(default=False, description="set the Secure flag on cookies (behind HTTPS)")
     checkin_interval_seconds: int = Field(default=60, ge=1, le=86400)
+    checkin_batch_max: int = Field(
+        default=64, ge=1, le=1024, description="check-ins committed together (group commit); 1 = one per transaction"
+    )
     enrollment_token_hours: int = Field(default=72, ge=1, le=24 * 30)
     max_request_bytes: int = Field(default=256 * 1024, description="largest JSON request body accepted")
     login_max_failures: int = Field(default=5, description="failed logins before a temporary lockout")
@@ -32,6 +35,11 @@ class Settings(BaseSettings):
     repo_path: Path | None = Field(default=None, description="TUF image repositories; default <data_dir>/repo")
     updates_tick_seconds: float = Field(
         default=30.0, ge=0, description="background step (re-signing, campaigns, notifications); 0 turns it off"
+    )
+    remote_tick_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="background check of remote-maintenance sessions (escalation, closed windows); 0 turns it off",
     )
     director_resign_before_hours: int = Field(
         default=12, ge=1, le=23, description="re-sign a device's director metadata when its timestamp expires sooner"

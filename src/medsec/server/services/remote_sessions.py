@@ -30,6 +30,7 @@ from medsec.remote.authority import grant_for
 from medsec.remote.certs import MaintenanceCA, export_certificate
 from medsec.remote.errors import AccessRefused, RemoteSessionError, SessionRequestInvalid
 from medsec.remote.gateway import SessionGrant
+from medsec.remote.maintenance_code import STEP_SECONDS, issue_code
 from medsec.remote.session import (
     HARD_MAX_WINDOW,
     Approval,
@@ -594,6 +595,43 @@ def issue_certificate(
         },
     )
     return export_certificate(cert)
+
+
+def local_maintenance_code(
+    db: Session,
+    audit: ServerAuditLog,
+    actor: Principal,
+    approval_key: SigningKey,
+    session_id: str,
+    *,
+    now: int,
+) -> tuple[str, datetime]:
+    """The one-time code for the device's local service console (PA-3), for the session's engineer
+    while the session is approved and inside its window; returns the code and when it stops working."""
+    row = get_session(db, actor, session_id)
+    _require_engineer(actor)
+    if row.engineer != actor.username:
+        raise _refusal(
+            PermissionDenied("not_the_engineer", "only the session's engineer gets its maintenance code"),
+            actor.username,
+            row,
+        )
+    try:
+        grant_for(to_value(db, row), now)
+    except RemoteSessionError as e:
+        raise _refusal(e, actor.username, row) from e
+    key = device_key(db, row.device.serial)
+    if key is None:
+        raise Conflict("device_not_enrolled", "the device has no enrolled key")
+    code = issue_code(approval_key, key, row.device.serial, row.id, now)
+    audit.append(
+        db,
+        "remote.local_code_issued",
+        actor=actor.username,
+        organization_id=row.hospital_id,
+        details={"session": row.id, "device": row.device.serial, "step": now // STEP_SECONDS},
+    )
+    return code, _dt((now // STEP_SECONDS + 2) * STEP_SECONDS)
 
 
 def check_overdue(db: Session, audit: ServerAuditLog, now: int) -> list[str]:

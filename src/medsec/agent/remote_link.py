@@ -1,0 +1,288 @@
+"""The agent's side of remote maintenance: attach to the gateway only while a session is pending (RA-1, RA-4).
+
+Remote access is off unless ``ROOT/etc/medsec/remote.json`` turns it on::
+
+    {
+      "approval_key": "<base64 Ed25519 key of the server's remote-approval.key>",
+      "enabled": true,
+      "gateway": {"host": "10.250.1.1", "port": 2222, "host_key": "ssh-ed25519 AAAA..."},
+      "source_address": "10.250.1.2",
+      "interface": "eth1",
+      "poll_seconds": 30
+    }
+
+The agent asks ``GET /api/v1/remote/devices/{serial}/pending`` (signed like its director requests)
+whether a session of this device may open now. If one may, it dials out to the gateway with a
+:class:`~medsec.remote.device_side.DeviceEndpoint` bound to the service LAN; the endpoint checks
+every ticket itself against the configured approval key, so the server's answer only decides
+*when* to connect, never *whether* a session is allowed. With nothing pending the link is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from medsec.crypto.keys import SigningKey, VerifyKey
+from medsec.errors import ConfigError, SignatureError
+from medsec.protocol import sign_director_request
+from medsec.remote.device_side import AccessRecorder, DeviceEndpoint, DeviceLinkConfig, RestrictedShell
+from medsec.remote.errors import AccessRefused, GatewayTransportError, RemoteSessionError
+from medsec.remote.ticket import NonceStore
+
+if TYPE_CHECKING:
+    from medsec.agent.config import AgentConfig
+
+logger = logging.getLogger(__name__)
+
+REMOTE_CONFIG_RELPATH = Path("etc/medsec/remote.json")
+MAX_REMOTE_CONFIG_BYTES = 16 * 1024
+MAX_PENDING_BYTES = 64 * 1024
+DEFAULT_POLL_SECONDS = 30
+_FIELDS = frozenset({"approval_key", "enabled", "gateway", "source_address", "interface", "poll_seconds"})
+
+
+@dataclass(frozen=True)
+class RemoteLinkConfig:
+    approval_key: VerifyKey
+    enabled: bool = False
+    gateway_host: str | None = None
+    gateway_port: int = 2222
+    gateway_host_key: str | None = None
+    source_address: str | None = None
+    interface: str | None = None
+    poll_seconds: int = DEFAULT_POLL_SECONDS
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> RemoteLinkConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("the top level must be a JSON object")
+        unknown = set(data) - _FIELDS
+        if unknown:
+            raise ConfigError(f"unknown fields {sorted(unknown)}")
+        try:
+            approval_key = VerifyKey.from_base64(str(data["approval_key"]))
+        except KeyError as e:
+            raise ConfigError("field 'approval_key' is required") from e
+        except SignatureError as e:
+            raise ConfigError(f"field 'approval_key': {e}") from e
+        enabled = data.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError("field 'enabled' must be true or false")
+        gateway = data.get("gateway") or {}
+        if not isinstance(gateway, dict):
+            raise ConfigError("field 'gateway' must be an object")
+        host, port, host_key = gateway.get("host"), gateway.get("port", 2222), gateway.get("host_key")
+        if enabled and not (isinstance(host, str) and isinstance(host_key, str) and host_key.startswith("ssh-")):
+            raise ConfigError("with 'enabled', 'gateway' needs 'host' and the pinned 'host_key'")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ConfigError("field 'gateway.port' must be a TCP port")
+        poll = data.get("poll_seconds", DEFAULT_POLL_SECONDS)
+        if not isinstance(poll, int) or isinstance(poll, bool) or not 1 <= poll <= 3600:
+            raise ConfigError("field 'poll_seconds' must be 1 to 3600")
+        for name in ("source_address", "interface"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ConfigError(f"field {name!r} must be a string")
+        return cls(
+            approval_key=approval_key,
+            enabled=enabled,
+            gateway_host=host,
+            gateway_port=port,
+            gateway_host_key=host_key,
+            source_address=data.get("source_address"),
+            interface=data.get("interface"),
+            poll_seconds=poll,
+        )
+
+    @classmethod
+    def load(cls, root: Path) -> RemoteLinkConfig | None:
+        """The settings, or None when the device has no ``remote.json`` (remote access off)."""
+        path = root / REMOTE_CONFIG_RELPATH
+        try:
+            with path.open("rb") as f:
+                raw = f.read(MAX_REMOTE_CONFIG_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+        if len(raw) > MAX_REMOTE_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_REMOTE_CONFIG_BYTES} bytes")
+        try:
+            return cls.from_mapping(json.loads(raw))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+class MaintenanceEndpoint(Protocol):
+    """What the link needs of a device endpoint (``DeviceEndpoint`` fits; tests pass a simulator)."""
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+EndpointFactory = Callable[[DeviceLinkConfig], MaintenanceEndpoint]
+
+
+def device_endpoint_factory(
+    key: SigningKey, shell: RestrictedShell, access_log: AccessRecorder, nonces: NonceStore
+) -> EndpointFactory:
+    def make(config: DeviceLinkConfig) -> MaintenanceEndpoint:
+        return DeviceEndpoint(config, key, shell, access_log, nonces)
+
+    return make
+
+
+class RemoteLink:
+    """Polls the server for pending sessions and keeps one endpoint open while any is pending."""
+
+    def __init__(
+        self,
+        serial: str,
+        settings: RemoteLinkConfig,
+        key: SigningKey,
+        access_log: AccessRecorder,
+        client: httpx.Client,
+        server_url: str,
+        endpoints: EndpointFactory,
+        transfer_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.serial = serial
+        self.settings = settings
+        self._key = key
+        self._log = access_log
+        self._client = client
+        self._server_url = server_url.rstrip("/")
+        self._endpoints = endpoints
+        self._transfer_dir = transfer_dir
+        self._clock = clock
+        self.endpoint: MaintenanceEndpoint | None = None
+
+    def link_config(self) -> DeviceLinkConfig:
+        s = self.settings
+        assert s.gateway_host is not None and s.gateway_host_key is not None
+        return DeviceLinkConfig(
+            serial=self.serial,
+            gateway_host=s.gateway_host,
+            gateway_port=s.gateway_port,
+            gateway_host_key=s.gateway_host_key,
+            approval_key=s.approval_key,
+            transfer_dir=self._transfer_dir,
+            source_address=s.source_address,
+            interface=s.interface,
+        )
+
+    def pending(self) -> list[str]:
+        """Session ids the server says may open now; raise GatewayTransportError or AccessRefused."""
+        path = f"/api/v1/remote/devices/{self.serial}/pending"
+        headers = sign_director_request(self._key, self.serial, path, int(self._clock()))
+        try:
+            response = self._client.get(self._server_url + path, headers=headers)
+        except httpx.HTTPError as e:
+            raise GatewayTransportError("server_unreachable", f"cannot ask the server for sessions: {e}") from e
+        if response.status_code != 200 or len(response.content) > MAX_PENDING_BYTES:
+            raise GatewayTransportError("server_refused", f"the server answered {response.status_code}")
+        try:
+            body = response.json()
+            sessions = [str(s) for s in body["sessions"]][:16]
+            server_key = str(body["approval_key"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise GatewayTransportError("server_refused", "the pending answer is malformed") from e
+        if server_key != self.settings.approval_key.to_base64():
+            # The device trusts only its configured approval key; a different one is worth an alarm.
+            raise AccessRefused("approval_key_mismatch", "the server names an approval key this device does not trust")
+        return sessions
+
+    async def step(self) -> None:
+        """One poll: open the endpoint when a session is pending, close it when none is."""
+        if not self.settings.enabled:
+            return
+        try:
+            sessions = await asyncio.to_thread(self.pending)
+        except AccessRefused as e:
+            self._log.record("remote.refused", code=e.code, reason=str(e))
+            return
+        except GatewayTransportError as e:
+            logger.warning("remote maintenance poll failed: %s", e)
+            return
+        if sessions and self.endpoint is None:
+            endpoint = self._endpoints(self.link_config())
+            try:
+                await endpoint.connect()
+            except RemoteSessionError as e:
+                self._log.record("remote.link_failed", code=e.code, reason=str(e)[:300])
+                return
+            self.endpoint = endpoint
+        elif not sessions and self.endpoint is not None:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.endpoint is not None:
+            endpoint, self.endpoint = self.endpoint, None
+            await endpoint.close()
+            self._log.record("remote.link_down")
+
+    async def run(self, stop: threading.Event, tick: float = 0.5) -> None:
+        """Poll until ``stop`` (set by the agent's main thread) is set, then close the link."""
+        try:
+            while not stop.is_set():
+                await self.step()
+                deadline = self._clock() + self.settings.poll_seconds
+                while not stop.is_set() and self._clock() < deadline:
+                    await asyncio.sleep(tick)
+        finally:
+            await self.close()
+
+
+def start_remote_link(
+    config: AgentConfig, access_log: AccessRecorder, stop: threading.Event
+) -> threading.Thread | None:
+    """Start the link in its own thread if ``remote.json`` enables it; None when remote access is off."""
+    from medsec.agent.client import make_http_client
+    from medsec.agent.console import device_commands
+    from medsec.agent.status import agent_status
+    from medsec.remote.ticket import FileNonceStore, nonce_store_path
+
+    settings = RemoteLinkConfig.load(config.root)
+    if settings is None or not settings.enabled:
+        logger.info("remote maintenance is off on this device")
+        return None
+    layout = config.layout
+    key = SigningKey.load(layout.key_file)
+    shell = RestrictedShell(device_commands(lambda: agent_status(config.root), config.version_file))
+    nonces = FileNonceStore(nonce_store_path(layout.state_dir), int(time.time()))
+    client = make_http_client(config.ca_file)
+    link = RemoteLink(
+        config.serial,
+        settings,
+        key,
+        access_log,
+        client,
+        config.server_url,
+        device_endpoint_factory(key, shell, access_log, nonces),
+        layout.state_dir / "transfer",
+    )
+
+    def main() -> None:
+        try:
+            asyncio.run(link.run(stop))
+        except Exception:
+            logger.exception("the remote maintenance link stopped")
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=main, name="medsec-remote-link", daemon=True)
+    thread.start()
+    return thread
