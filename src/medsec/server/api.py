@@ -602,32 +602,15 @@ def audit_export(
 
 @router.post("/api/v1/audit/verify", response_model=AuditVerifyOut, responses=ERRORS, tags=["audit"])
 def audit_verify(ctx: Ctx, caller: Caller) -> AuditVerifyOut:
-    if not (caller.is_manufacturer or caller.has_role(Role.AUDITOR, Role.HOSPITAL_ADMIN, Role.HOSPITAL_RESPONSIBLE)):
-        raise PermissionDenied("role_required", "verification needs an auditor or admin role")
+    from medsec.server.services.audit_view import verify_and_record
+
     try:
-        with ctx.tx() as session:
-            report = ctx.audit.verify(session)
+        report = verify_and_record(ctx.tx, ctx.audit, caller)
     except AuditLogError as e:
-        with ctx.tx() as session:
-            ctx.audit.append(
-                session,
-                "audit.verification_failed",
-                actor=caller.username,
-                organization_id=caller.organization_id,
-                details={"problem": e.diagnostics()},
-            )
         raise Conflict("audit_log_verification_failed", e.diagnostics()) from e
-    with ctx.tx() as session:
-        ctx.audit.append(
-            session,
-            "audit.verified",
-            actor=caller.username,
-            organization_id=caller.organization_id,
-            details={"size": report.size},
-        )
-        return AuditVerifyOut(
-            size=report.size,
-            root_hash=report.root_hash.hex(),
-            checkpoints_checked=report.checkpoints_checked,
-            latest_checkpoint_size=report.latest_checkpoint_size,
-        )
+    return AuditVerifyOut(
+        size=report.size,
+        root_hash=report.root_hash.hex(),
+        checkpoints_checked=report.checkpoints_checked,
+        latest_checkpoint_size=report.latest_checkpoint_size,
+    )

@@ -99,7 +99,6 @@ SERVICE_MESSAGES = {
     "csrf_failed": N_("The form has expired or did not come from this site. Reload the page and try again."),
 }
 
-AUDIT_VERIFY_ROLES = (Role.AUDITOR, Role.HOSPITAL_ADMIN, Role.HOSPITAL_RESPONSIBLE)
 
 
 # -- app wiring ------------------------------------------------------------------------------------
@@ -806,10 +805,6 @@ def _audit_scope(principal: Principal) -> int | None:
     return None if principal.is_manufacturer else principal.organization_id
 
 
-def _may_verify(principal: Principal) -> bool:
-    return principal.is_manufacturer or principal.has_role(*AUDIT_VERIFY_ROLES)
-
-
 def _details_text(body: bytes) -> str:
     try:
         details = json.loads(body).get("details") or {}
@@ -844,7 +839,7 @@ def _audit_page(request: Request, auth: Auth, outcome: VerifyOutcome | None) -> 
         checkpoint_note=checkpoint_note,
         checkpoint_size=checkpoint_size,
         log_key=ctx.audit.vkey,
-        may_verify=_may_verify(auth.principal),
+        may_verify=audit_view.may_verify(auth.principal),
         outcome=outcome,
     )
 
@@ -873,30 +868,13 @@ def audit_verify(request: Request, csrf_token: FormStr = "") -> Response:
         auth = _signed_in(request, db)
         _check_csrf(request, auth, csrf_token)
     principal = auth.principal
-    if not _may_verify(principal):
+    if not audit_view.may_verify(principal):
         state = PageState(language=auth.language, viewer=auth.viewer, here="/audit")
         return _error_page(request, state, PermissionDenied("role_required", "verification needs an auditor role"))
     try:
-        with ctx.tx() as db:
-            report = ctx.audit.verify(db)
+        report = audit_view.verify_and_record(ctx.tx, ctx.audit, principal)
     except AuditLogError as e:
-        with ctx.tx() as db:
-            ctx.audit.append(
-                db,
-                "audit.verification_failed",
-                actor=principal.username,
-                organization_id=principal.organization_id,
-                details={"problem": e.diagnostics()},
-            )
         return _audit_page(request, auth, VerifyOutcome(ok=False, problem=e.diagnostics()))
-    with ctx.tx() as db:
-        ctx.audit.append(
-            db,
-            "audit.verified",
-            actor=principal.username,
-            organization_id=principal.organization_id,
-            details={"size": report.size},
-        )
     outcome = VerifyOutcome(
         ok=True, size=report.size, root_hash=report.root_hash.hex(), checkpoints_checked=report.checkpoints_checked
     )

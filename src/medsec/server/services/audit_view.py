@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import select
@@ -10,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from medsec.auditlog.export import build_export
 from medsec.auditlog.note import NoteVerifier, parse_note
-from medsec.errors import NotFound
-from medsec.server.audit import ServerAuditLog, SqlNodeReader
-from medsec.server.models import AuditCheckpoint, AuditEntry
+from medsec.errors import AuditLogError, NotFound, PermissionDenied
+from medsec.server.audit import ServerAuditLog, SqlNodeReader, VerifyReport
+from medsec.server.models import AuditCheckpoint, AuditEntry, Role
+from medsec.server.principal import Principal
 
 MAX_EXPORT = 10_000
 
@@ -77,3 +79,41 @@ def export_entries(
         entries=[(idx, body) for idx, body in rows],
         reader=SqlNodeReader(session),
     )
+
+
+# Who may run a full verification (it is also offered to hospitals: RA-2 evidence is theirs too).
+VERIFY_ROLES = (Role.AUDITOR, Role.HOSPITAL_ADMIN, Role.HOSPITAL_RESPONSIBLE)
+
+
+def may_verify(principal: Principal) -> bool:
+    return principal.is_manufacturer or principal.has_role(*VERIFY_ROLES)
+
+
+def verify_and_record(
+    tx: Callable[[], AbstractContextManager[Session]], audit: ServerAuditLog, principal: Principal
+) -> VerifyReport:
+    """Verify the whole log and log who did it and the outcome; a failure is logged, then re-raised."""
+    if not may_verify(principal):
+        raise PermissionDenied("role_required", "verification needs an auditor or admin role")
+    try:
+        with tx() as session:
+            report = audit.verify(session)
+    except AuditLogError as e:
+        with tx() as session:
+            audit.append(
+                session,
+                "audit.verification_failed",
+                actor=principal.username,
+                organization_id=principal.organization_id,
+                details={"problem": e.diagnostics()},
+            )
+        raise
+    with tx() as session:
+        audit.append(
+            session,
+            "audit.verified",
+            actor=principal.username,
+            organization_id=principal.organization_id,
+            details={"size": report.size},
+        )
+    return report
