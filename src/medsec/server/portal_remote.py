@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from medsec.errors import InvalidRequest, ServiceError
+from medsec.errors import InvalidRequest, PermissionDenied, ServiceError
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.models_remote import RemoteSession
@@ -33,6 +34,7 @@ from medsec.server.portal import (
     _signed_in,
     _ui,
     _unit_of_work,
+    safe_next,
 )
 from medsec.server.remote_authority import load_remote_keys
 from medsec.server.services import remote_sessions as remote
@@ -133,6 +135,12 @@ def _new_page(request: Request, form: dict[str, str], notices: list[Notice], sta
 
 @router.get("/maintenance/new")
 def new_session_page(request: Request) -> Response:
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        p = auth.principal
+        if not (p.is_manufacturer and p.has_role(Role.SERVICE_ENGINEER)):
+            state = PageState(language=auth.language, viewer=auth.viewer, here="/maintenance")
+            return _error_page(request, state, PermissionDenied("role_required", "service engineers file requests"))
     return _new_page(request, {"window_minutes": "240", "expected_downtime_minutes": "0"}, [])
 
 
@@ -235,7 +243,9 @@ def _session_page(
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         p = auth.principal
-        state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request), notices=notices or [])
+        # After a form post the language switch must return to the page, not to the form's target.
+        here = safe_next(f"/maintenance/{quote(session_id[:MAX_ID], safe='')}", "/maintenance")
+        state = PageState(language=auth.language, viewer=auth.viewer, here=here, notices=notices or [])
         try:
             row = remote.get_session(db, p, session_id[:MAX_ID])
         except ServiceError as e:

@@ -71,6 +71,7 @@ def test_request_approve_report_and_confirm_through_the_portal(live_server) -> N
         refused = engineer.post(f"/maintenance/{sid}/approve", data={"csrf_token": e_csrf})
         assert refused.status_code == 403
 
+        assert hospital.get("/maintenance/new").status_code == 403  # only engineers file requests
         listing = hospital.get("/maintenance")
         assert listing.status_code == 200 and sid in listing.text and "0 of 1" in listing.text
         page = hospital.get(f"/maintenance/{sid}")
