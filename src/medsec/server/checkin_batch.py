@@ -16,6 +16,8 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
+
 from medsec.protocol import CheckinResponse
 from medsec.server.services import devices
 
@@ -62,26 +64,44 @@ class CheckinBatcher:
                 batch.append(item)
             self._process(batch)
 
-    def _process(self, batch: list[tuple[dict[str, Any], Future[CheckinResponse]]]) -> None:
+    def _commit(self, payloads: list[dict[str, Any]]) -> list[CheckinResponse | BaseException]:
+        """Record ``payloads`` in one transaction; a report's own refusal is its result, not the batch's."""
         ctx = self._ctx
         results: list[CheckinResponse | BaseException] = []
-        try:
-            with ctx.tx() as session:
-                for payload, _future in batch:
-                    try:
-                        with session.begin_nested():
-                            results.append(
-                                devices.checkin(
-                                    session,
-                                    ctx.audit,
-                                    ctx.witness,
-                                    payload,
-                                    checkin_interval_seconds=ctx.settings.checkin_interval_seconds,
-                                )
+        with ctx.tx() as session:
+            for payload in payloads:
+                try:
+                    with session.begin_nested():
+                        results.append(
+                            devices.checkin(
+                                session,
+                                ctx.audit,
+                                ctx.witness,
+                                payload,
+                                checkin_interval_seconds=ctx.settings.checkin_interval_seconds,
                             )
-                    except Exception as e:  # the report's own refusal; the others go on
-                        results.append(e)
-        except Exception as e:  # the commit failed: nothing of this batch is recorded
+                        )
+                except DBAPIError:
+                    raise  # the transaction is gone; the caller retries report by report
+                except Exception as e:
+                    results.append(e)
+        return results
+
+    def _process(self, batch: list[tuple[dict[str, Any], Future[CheckinResponse]]]) -> None:
+        try:
+            results = self._commit([payload for payload, _future in batch])
+        except DBAPIError:
+            # A database error (a deadlock, a lost connection) aborts the whole transaction, so the
+            # reports that were fine would fail with it; nothing of the batch was kept: give each
+            # report its own transaction instead.
+            logger.warning("check-in batch of %d failed; retrying each report alone", len(batch), exc_info=True)
+            results = []
+            for payload, _future in batch:
+                try:
+                    results.extend(self._commit([payload]))
+                except Exception as e:
+                    results.append(e)
+        except Exception as e:
             logger.exception("check-in batch of %d failed to commit", len(batch))
             results = [e] * len(batch)
         for (_payload, future), result in zip(batch, results, strict=True):
