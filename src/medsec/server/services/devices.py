@@ -484,14 +484,6 @@ def checkin(
             "signature": signature,
         },
     )
-    if device.installed_version != report.installed_version:
-        audit.append(
-            session,
-            "device.version_changed",
-            actor=f"device:{device.serial}",
-            organization_id=device.hospital_id,
-            details={"serial": device.serial, "from": device.installed_version, "to": report.installed_version},
-        )
     if report.update is not None:
         # Campaign progress comes only from here: a report verified with the device key (SM-1, SM-6).
         from medsec.server.services.update_campaigns import record_update_report
@@ -506,6 +498,15 @@ def checkin(
             update=report.update,
             report_counter=report.counter,
             now=now,
+        )
+    # The audit head is locked last: campaign rows before it, as the background step does (no lock cycle).
+    if device.installed_version != report.installed_version:
+        audit.append(
+            session,
+            "device.version_changed",
+            actor=f"device:{device.serial}",
+            organization_id=device.hospital_id,
+            details={"serial": device.serial, "from": device.installed_version, "to": report.installed_version},
         )
     return CheckinResponse(nonce=nonce, checkin_interval_seconds=checkin_interval_seconds, cosigned_checkpoint=cosigned)
 
