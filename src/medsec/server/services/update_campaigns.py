@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from medsec.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -371,17 +372,32 @@ def _finish(session: Session, campaign: Campaign, status: CampaignStatus, reason
             )
 
 
+def _state_counts(session: Session, campaign: Campaign) -> dict[int, Counter[DeviceUpdateState]]:
+    """Devices per group and state, counted by the database (a report must not load the whole fleet)."""
+    counts: dict[int, Counter[DeviceUpdateState]] = {}
+    rows = session.execute(
+        select(CampaignDevice.group_index, CampaignDevice.state, func.count())
+        .where(CampaignDevice.campaign_id == campaign.id)
+        .group_by(CampaignDevice.group_index, CampaignDevice.state)
+    )
+    for group_index, state, n in rows:
+        counts.setdefault(group_index, Counter())[DeviceUpdateState(state)] += n
+    return counts
+
+
 def advance_campaign(session: Session, audit: ServerAuditLog, campaign: Campaign, now: datetime) -> None:
     """Apply the thresholds: stop on errors, open the next group on success, finish at the end."""
     if _status(campaign) is not CampaignStatus.RUNNING:
         return
-    rows = campaign_devices(session, campaign)
-    states = [DeviceUpdateState(r.state) for r in rows]
-    offered = [s for s in states if s not in (DeviceUpdateState.PENDING, DeviceUpdateState.SKIPPED)]
-    errors = [s for s in offered if s in ERROR_DEVICE_STATES]
-    if errors and len(errors) * 100 >= campaign.error_threshold * len(offered):
+    by_group = _state_counts(session, campaign)
+    states: Counter[DeviceUpdateState] = Counter()
+    for group_counts in by_group.values():
+        states.update(group_counts)
+    offered = sum(n for s, n in states.items() if s not in (DeviceUpdateState.PENDING, DeviceUpdateState.SKIPPED))
+    errors = sum(n for s, n in states.items() if s in ERROR_DEVICE_STATES)
+    if errors and errors * 100 >= campaign.error_threshold * offered:
         reason = (
-            f"error threshold reached: {len(errors)} of {len(offered)} offered devices failed or rolled back "
+            f"error threshold reached: {errors} of {offered} offered devices failed or rolled back "
             f"(threshold {campaign.error_threshold}%)"
         )
         _finish(session, campaign, CampaignStatus.STOPPED, reason, now)
@@ -390,12 +406,14 @@ def advance_campaign(session: Session, audit: ServerAuditLog, campaign: Campaign
 
         campaign_finished_notices(session, campaign)
         return
-    last_group = max(r.group_index for r in rows) if rows else 0
+    last_group = max(by_group) if by_group else 0
+    all_terminal = all(s in TERMINAL_DEVICE_STATES for s in states)
     while True:
-        group = [DeviceUpdateState(r.state) for r in rows if r.group_index == campaign.current_group]
-        committed = sum(1 for s in group if s is DeviceUpdateState.COMMITTED)
+        group = by_group.get(campaign.current_group, Counter())
+        size = sum(group.values())
+        committed = group[DeviceUpdateState.COMMITTED]
         finished = all(s in TERMINAL_DEVICE_STATES for s in group)
-        if campaign.current_group < last_group and committed * 100 >= campaign.success_threshold * len(group):
+        if campaign.current_group < last_group and committed * 100 >= campaign.success_threshold * size:
             campaign.current_group += 1
             _audit(session, audit, "campaign.group_started", "system", campaign, group=campaign.current_group)
             continue
@@ -406,9 +424,9 @@ def advance_campaign(session: Session, audit: ServerAuditLog, campaign: Campaign
             _finish(session, campaign, CampaignStatus.STOPPED, reason, now)
             _audit(session, audit, "campaign.stopped", "system", campaign, reason=reason)
             return
-        if campaign.current_group == last_group and all(s in TERMINAL_DEVICE_STATES for s in states):
+        if campaign.current_group == last_group and all_terminal:
             _finish(session, campaign, CampaignStatus.COMPLETED, None, now)
-            summary = {s.value: sum(1 for x in states if x is s) for s in set(states)}
+            summary = {s.value: n for s, n in states.items() if n}
             _audit(session, audit, "campaign.completed", "system", campaign, outcome=summary)
             from medsec.server.services.update_notices import campaign_finished_notices
 
