@@ -84,6 +84,7 @@ def gateway(
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
+                # Event loops without Unix signal support raise here; Ctrl-C then ends asyncio.run instead.
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(sig, stop.set)
             await run_gateway(
