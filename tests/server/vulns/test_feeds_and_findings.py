@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import tarfile
 
 import httpx
 import pytest
 from sqlalchemy import func, select
-from vulns_data import DEBIAN, SBOM, dpkg_fixed_in_place, load_release, make_dla_dir
+from vulns_data import DATA, DEBIAN, SBOM, dpkg_fixed_in_place, load_release, make_dla_dir
 
 from medsec.crypto.keys import SigningKey
 from medsec.sbom import MalformedSbomError
 from medsec.server.models import AuditEntry
-from medsec.server.models_vulns import FeedImport, Finding, FindingEvent, SbomComponent, SbomDocument, VulnRecord
+from medsec.server.models_vulns import (
+    FeedImport,
+    Finding,
+    FindingEvent,
+    KevRecord,
+    SbomComponent,
+    SbomDocument,
+    VulnRecord,
+)
 from medsec.server.services import feeds, findings, sboms
 from medsec.vulns.errors import FeedRecordError
 
@@ -139,3 +148,23 @@ def test_stale_feed_status(ctx, dla_dir):
         feeds.import_osv(s, ctx.audit, "maker-psirt", dla_dir)
         assert "osv" not in feeds.stale_feeds(s, 7)
         assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.event_type == "feed.imported"))
+
+
+def test_kev_reimport_counts_changes_honestly(ctx, tmp_path):
+    kev = DATA / "vulns" / "kev" / "known_exploited_vulnerabilities.json"
+    with ctx.tx() as s:
+        first = feeds.import_kev(s, ctx.audit, "maker-psirt", kev)
+    assert (first.added, first.updated, first.unchanged) == (1404, 0, 0)
+    with ctx.tx() as s:
+        again = feeds.import_kev(s, ctx.audit, "maker-psirt", kev)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 1404)
+    doc = json.loads(kev.read_text())
+    doc["vulnerabilities"][0]["vulnerabilityName"] += " (renamed)"
+    changed = tmp_path / "kev.json"
+    changed.write_text(json.dumps(doc))
+    with ctx.tx() as s:
+        third = feeds.import_kev(s, ctx.audit, "maker-psirt", changed)
+        stored = s.scalars(select(KevRecord).where(KevRecord.cve_id == doc["vulnerabilities"][0]["cveID"])).one()
+        assert stored.name.endswith("(renamed)")
+        assert stored.import_id == third.import_id
+    assert (third.added, third.updated, third.unchanged) == (0, 1, 1403)

@@ -19,11 +19,11 @@ import json
 import logging
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -359,34 +359,47 @@ def import_nvd(
     return result
 
 
+_CveRow = TypeVar("_CveRow", KevRecord, EpssRecord)
+
+
+def _upsert_by_cve(
+    session: Session,
+    model: type[_CveRow],
+    rows: Mapping[str, dict[str, Any]],
+    result: ImportResult,
+) -> None:
+    """Insert or update one row per CVE id, counting added, updated and unchanged rows.
+
+    ``import_id`` always moves to the newest import (it says which import last confirmed
+    the row); only a change of another field counts as an update.
+    """
+    existing = {r.cve_id: r for r in session.scalars(select(model))}
+    for cve_id, values in rows.items():
+        old = existing.get(cve_id)
+        if old is None:
+            session.add(model(cve_id=cve_id, import_id=result.import_id, **values))
+            result.added += 1
+            continue
+        if any(getattr(old, k) != v for k, v in values.items()):
+            for k, v in values.items():
+                setattr(old, k, v)
+            result.updated += 1
+        else:
+            result.unchanged += 1
+        old.import_id = result.import_id
+
+
 def import_kev(
     session: Session, audit: ServerAuditLog, actor: str, path: Path, *, bundle: str | None = None
 ) -> ImportResult:
     catalog = read_kev(path)
     row = _start(session, "kev", str(path), catalog.source.sha256 if catalog.source else None, actor, bundle)
     result = ImportResult("kev", row.id)
-    existing = {k.cve_id: k for k in session.scalars(select(KevRecord))}
-    for e in catalog.entries:
-        old = existing.get(e.cve_id)
-        if old is None:
-            session.add(
-                KevRecord(
-                    cve_id=e.cve_id,
-                    name=e.vulnerability_name[:500],
-                    date_added=e.date_added,
-                    due_date=e.due_date,
-                    import_id=row.id,
-                )
-            )
-            result.added += 1
-        else:
-            old.name, old.date_added, old.due_date, old.import_id = (
-                e.vulnerability_name[:500],
-                e.date_added,
-                e.due_date,
-                row.id,
-            )
-            result.unchanged += 1
+    values = {
+        e.cve_id: {"name": e.vulnerability_name[:500], "date_added": e.date_added, "due_date": e.due_date}
+        for e in catalog.entries
+    }
+    _upsert_by_cve(session, KevRecord, values, result)
     _finish(session, audit, row, result, actor)
     return result
 
@@ -397,28 +410,11 @@ def import_epss(
     snapshot = read_epss(path)
     row = _start(session, "epss", str(path), snapshot.source.sha256 if snapshot.source else None, actor, bundle)
     result = ImportResult("epss", row.id)
-    existing = {k.cve_id: k for k in session.scalars(select(EpssRecord))}
-    for s in snapshot.scores:
-        old = existing.get(s.cve_id)
-        if old is None:
-            session.add(
-                EpssRecord(
-                    cve_id=s.cve_id,
-                    probability=s.probability,
-                    percentile=s.percentile,
-                    score_date=snapshot.score_date,
-                    import_id=row.id,
-                )
-            )
-            result.added += 1
-        else:
-            old.probability, old.percentile, old.score_date, old.import_id = (
-                s.probability,
-                s.percentile,
-                snapshot.score_date,
-                row.id,
-            )
-            result.updated += 1
+    values = {
+        s.cve_id: {"probability": s.probability, "percentile": s.percentile, "score_date": snapshot.score_date}
+        for s in snapshot.scores
+    }
+    _upsert_by_cve(session, EpssRecord, values, result)
     _finish(session, audit, row, result, actor)
     return result
 
