@@ -332,10 +332,10 @@ class Alert:
         if lang == "ja":
             if self.months_before == 0:
                 return f"{self.subject_name}のサポートは{self.eos.isoformat()}に終了しました。"
-            return f"{self.subject_name}のサポート終了({self.eos.isoformat()})まで{self.months_before}か月です。"
+            return f"{self.subject_name}のサポートは{self.months_before}か月以内({self.eos.isoformat()})に終了します。"
         if self.months_before == 0:
             return f"Support for {self.subject_name} ended on {self.eos.isoformat()}."
-        return f"Support for {self.subject_name} ends on {self.eos.isoformat()}, {self.months_before} months from now."
+        return f"Support for {self.subject_name} ends within {self.months_before} months, on {self.eos.isoformat()}."
 
 
 def alerts_due(plan: LifecyclePlan, clock: Clock, sent: Collection[AlertKey] = ()) -> tuple[Alert, ...]:

@@ -67,7 +67,7 @@ def test_release_alerts_fire_at_24_12_and_6_months_before_eos(ctx, today, months
     elif months == 0:
         assert status["alerts"] == [f"Support for {PRODUCT} 3.0 ended on 2031-01-31."]
     else:
-        assert status["alerts"] == [f"Support for {PRODUCT} 3.0 ends on 2031-01-31, {months} months from now."]
+        assert status["alerts"] == [f"Support for {PRODUCT} 3.0 ends within {months} months, on 2031-01-31."]
 
 
 def test_notice_less_than_two_years_ahead_warns_and_two_years_does_not(ctx):
@@ -154,7 +154,7 @@ def test_legacy_plan_and_two_year_warning_reach_only_the_hospital_running_the_re
     assert "ネットワーク分離" in a.json()["legacy_plan"]
     assert len(a.json()["notice_warnings"]) == 2  # EOL and EOS both announced less than two years ahead
     assert all("IMDRF N70" in w for w in a.json()["notice_warnings"])
-    assert a.json()["alerts"] == [f"{MODEL['name']} 3.0のサポート終了({eos.isoformat()})まで24か月です。"]
+    assert a.json()["alerts"] == [f"{MODEL['name']} 3.0のサポートは24か月以内({eos.isoformat()})に終了します。"]
     assert httpx.get(f"{path}/lifecycle", headers=_h(tokens["b-responsible"])).status_code == 404
     listed = httpx.get(f"{url}/api/v1/lifecycle", headers=_h(tokens["b-responsible"])).json()
     assert rid not in {r.get("id") for r in listed} and all(r["version"] != "3.0" for r in listed)
