@@ -51,6 +51,49 @@ def _created() -> datetime | None:
         raise UserInputError("SOURCE_DATE_EPOCH must be an integer") from e
 
 
+def _trust_db(
+    payload: Path,
+    product: str,
+    version: str,
+    counter: int,
+    prepared: Path | None,
+    keys: list[Path] | None,
+    os_image: Path | None,
+    updater: list[str] | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> bytes | None:
+    """The signed trust database for the bundle: generated (RL-3, SM-6) or prepared and checked."""
+    from medsec.cli.protect import hashing_progress, signing_keys, updater_map
+    from medsec.protect import trustdb
+
+    if prepared is not None and keys:
+        raise UserInputError("--trust-db and --trust-db-key exclude each other")
+    if (os_image is not None or updater) and not keys:
+        raise UserInputError("--os-image and --updater need --trust-db-key")
+    if prepared is not None:
+        data = _read_optional(prepared, "trust database")
+        assert data is not None
+        trustdb.check_matches_release(data, product=product, version=version, release_counter=counter)
+        return data
+    if not keys:
+        return None
+    signers = signing_keys(keys, passphrase_file)
+    created = _created()
+    with hashing_progress(as_json, [payload, os_image], "trust database") as progress:
+        return trustdb.build_signed_for_release(
+            payload,
+            signers,
+            product=product,
+            version=version,
+            release_counter=counter,
+            os_image=os_image,
+            updater=updater_map(updater or []),
+            created=trustdb.utc_text(created) if created else None,
+            progress=progress,
+        )
+
+
 @app.command("build")
 def build(
     payload: Annotated[Path, typer.Argument(help="folder with the files to install into the slot")],
@@ -66,10 +109,27 @@ def build(
     downtime_minutes: Annotated[int, typer.Option("--downtime-minutes", help="expected downtime")] = 0,
     rollback_supported: Annotated[bool, typer.Option("--rollback/--no-rollback")] = True,
     sbom: Annotated[Path | None, typer.Option("--sbom", help="CycloneDX JSON (default: generated)")] = None,
-    trust_db: Annotated[Path | None, typer.Option("--trust-db", help="allowlist trust database JSON")] = None,
+    trust_db: Annotated[
+        Path | None, typer.Option("--trust-db", help="a signed trust database made for this release")
+    ] = None,
+    trust_db_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trust-db-key", help="generate the trust database from the payload, signed with this key"),
+    ] = None,
+    os_image: Annotated[
+        Path | None, typer.Option("--os-image", help="OS image root whose executables the trust database allows")
+    ] = None,
+    updater: Annotated[
+        list[str] | None, typer.Option("--updater", help="pin the updater: DEVICE_PATH=LOCAL_FILE (repeat)")
+    ] = None,
+    passphrase_file: PassphraseFile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Pack a payload, manifest, SBOM and trust DB into a deterministic release bundle."""
+    """Pack a payload, manifest, SBOM and signed trust DB into a deterministic release bundle."""
+    with errors_to_exit(as_json):
+        trust_db_json = _trust_db(
+            payload, product, version, counter, trust_db, trust_db_key, os_image, updater, passphrase_file, as_json
+        )
     with errors_to_exit(as_json), _busy(as_json, "building bundle"):
         info = build_release(
             payload,
@@ -85,7 +145,7 @@ def build(
             rollback_supported,
             out,
             sbom_json=_read_optional(sbom, "SBOM"),
-            trust_db_json=_read_optional(trust_db, "trust database"),
+            trust_db_json=trust_db_json,
             created=_created(),
         )
         result = {
@@ -96,6 +156,7 @@ def build(
             "length": info.length,
             "release_counter": info.release_counter,
             "files": len(info.manifest["payload"]),
+            "trust_db": info.manifest["trust_db"],
         }
         render(
             as_json,

@@ -23,12 +23,13 @@ import logging
 import os
 import stat
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from medsec.atomic_file import fsync_dir
+from medsec.errors import Error
 from medsec.updates.client import AssignedTarget, InstalledRelease
 from medsec.updates.device_errors import (
     BundleRejected,
@@ -354,12 +355,28 @@ def _copy(source: IO[bytes], out: IO[bytes], hasher: Any) -> None:
 # -- the directory backend -------------------------------------------------------------------------
 
 
-class DirectoryInstaller:
-    """A/B folders under ``ROOT/slots`` (see :mod:`medsec.updates.slots`)."""
+TrustDbCheck = Callable[[bytes | None, str, int], None]
+"""Checks a new slot's trust database (bytes or None, product, release counter); raises to refuse it."""
 
-    def __init__(self, slots: DirectorySlots, *, failpoint: Failpoint = no_failpoint) -> None:
+
+class DirectoryInstaller:
+    """A/B folders under ``ROOT/slots`` (see :mod:`medsec.updates.slots`).
+
+    With ``trustdb_check`` (e.g. :func:`medsec.protect.trustdb.installer_check`), a bundle whose
+    trust database is missing or refused never becomes a complete slot (RL-3): the trust database
+    switches with the slot, so a slot must not hold one the device would refuse to enforce.
+    """
+
+    def __init__(
+        self,
+        slots: DirectorySlots,
+        *,
+        failpoint: Failpoint = no_failpoint,
+        trustdb_check: TrustDbCheck | None = None,
+    ) -> None:
         self.slots = slots
         self._failpoint = failpoint
+        self._trustdb_check = trustdb_check
 
     def recover(self) -> InstallerStatus:
         self.slots.recover()
@@ -402,6 +419,8 @@ class DirectoryInstaller:
         self._failpoint("install.cleared")
         manifest = unpack_bundle(bundle, target, folder, failpoint=self._failpoint)
         self._failpoint("install.unpacked")
+        if self._trustdb_check is not None:
+            self._check_trust_db(slot, manifest)
         self.slots.finish_write(
             slot,
             SlotRelease(
@@ -414,6 +433,15 @@ class DirectoryInstaller:
             ),
         )
         logger.info("installed %s %s into slot %s", manifest.product, manifest.version, slot)
+
+    def _check_trust_db(self, slot: str, manifest: Manifest) -> None:
+        assert self._trustdb_check is not None
+        path = self.slots.trust_db_path(slot)
+        data = path.read_bytes() if manifest.trust_db_sha256 is not None else None
+        try:
+            self._trustdb_check(data, manifest.product, manifest.release_counter)
+        except Error as e:
+            raise BundleRejected(f"the bundle's trust database is refused: {e.diagnostics()}") from e
 
     def switch(self, slot: str) -> None:
         self.slots.switch(slot)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 SLOT_NAMES = ("a", "b")
 MARKER_DIR = ".medsec-slot"
 MARKER_FILE = "release.json"
+TRUSTDB_FILE = "trustdb.json"  # the release's signed trust database, next to the marker (RL-3)
 STATE_FILE = "slots.json"
 CURRENT_LINK = "current"
 STATE_FORMAT = 1
@@ -108,6 +109,10 @@ class DirectorySlots:
         if target not in SLOT_NAMES:
             raise UpdateStateError(f"{self.dir / CURRENT_LINK} points at {target!r}, not a slot")
         return target
+
+    def trust_db_path(self, slot: str) -> Path:
+        """Where ``slot`` keeps its release's signed trust database: it switches with the slot."""
+        return self.slot_dir(slot) / MARKER_DIR / TRUSTDB_FILE
 
     def release(self, slot: str) -> SlotRelease | None:
         """The release a complete slot holds, or None when the slot is empty or half-written."""
