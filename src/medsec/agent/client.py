@@ -20,6 +20,8 @@ from urllib.parse import quote
 import httpx
 
 from medsec.errors import CheckinRejected, ProtocolError
+from medsec.protect.wire import SIGNATURE_HEADER as PROTECTION_SIGNATURE_HEADER
+from medsec.protect.wire import BatchReceipt
 from medsec.protocol import MAX_FIELD, CheckinResponse, EnrollmentResponse
 
 logger = logging.getLogger(__name__)
@@ -75,11 +77,33 @@ class ServerClient:
         body = self._post(f"/api/v1/devices/{quote(serial, safe='')}/nonce", {})
         return _str(body, "nonce"), _note(body)
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def send_protection_events(self, serial: str, batch: bytes, signature: str) -> BatchReceipt:
+        """Upload one signed protection-event batch (:mod:`medsec.protect.wire`); refusals as for check-ins.
+
+        A retry of the same bytes after a lost answer gets the same receipt; nothing is stored twice.
+        """
+        body = self._post(
+            f"/api/v1/devices/{quote(serial, safe='')}/protection-events",
+            None,
+            content=batch,
+            headers={"Content-Type": "application/json", PROTECTION_SIGNATURE_HEADER: signature},
+        )
+        return BatchReceipt.from_json(body)
+
+    def _post(
+        self,
+        path: str,
+        payload: dict[str, Any] | None,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         url = self._base + path
+        # identity encoding keeps the size limit meaningful (no decompression bombs).
+        send: dict[str, Any] = {"headers": {"Accept-Encoding": "identity", **(headers or {})}}
+        send.update({"content": content} if content is not None else {"json": payload})
         try:
-            # identity encoding keeps the size limit meaningful (no decompression bombs).
-            with self._http.stream("POST", url, json=payload, headers={"Accept-Encoding": "identity"}) as resp:
+            with self._http.stream("POST", url, **send) as resp:
                 raw = _read_bounded(resp)
                 status = resp.status_code
         except httpx.HTTPError as e:
