@@ -33,6 +33,14 @@ deadlocks between the director and check-in transactions). The whole run took 8.
 10,000-device default needs several minutes for setup and enrollment alone (both grow with N) and,
 with the campaign behaving as above, stops at --campaign-timeout (default 600 s) without reaching
 every device: expect 15 minutes or more. The script exits 0 either way and prints the counts reached.
+
+Later run (same machine, shared with other work, load average 10-15): 1,000 devices: enrollment 8.4 s,
+/healthz 1,115/s, steady check-ins 346/s, campaign reached all 1,000 in 59 s (check-ins 60/s during it,
+4 deadlocks in the server log). 10,000 devices: enrollment about 99 s (about 100/s); 17 minutes after the
+start request only 95 of the 100 devices of group 1 were committed and the other 9,905 pending, with
+check-ins at about 55/s and 44 deadlocks in the server log; the run was stopped there. Until then a
+device whose targets.json request failed kept the new timestamp's digest and never asked again (fixed
+above), which can hold a 100%-threshold group open for good.
 """
 
 from __future__ import annotations
@@ -241,13 +249,14 @@ async def _worker(
                 n["errors"] += 1
                 n["server_errors" if status == 0 or status >= 500 else "refused"] += 1
             elif digest != d.get("timestamp"):
-                d["timestamp"] = digest
                 status, payload = await _director_get(conn, d, key, "targets.json")
                 n["director"] += 1
                 if status != 200:
+                    # Not remembered: the next cycle sees the new timestamp again and retries targets.json.
                     n["errors"] += 1
                     n["server_errors" if status == 0 or status >= 500 else "refused"] += 1
                 else:
+                    d["timestamp"] = digest
                     for name, entry in json.loads(payload)["signed"]["targets"].items():
                         directive = entry["custom"][DIRECTOR_CUSTOM]
                         d.update(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from medsec.auditlog.note import SIG_TYPE_ED25519, NoteSigner, NoteVerifier
@@ -56,6 +57,10 @@ class FakeServer:
     received_counters: list[int] = field(default_factory=list)  # every counter that reached us
     wrong_witness: Witness | None = None  # cosign with this one instead (an impostor)
     on_checkin: Callable[[dict[str, Any]], None] | None = None  # called before processing a check-in
+    www: Path | None = None  # serve GET requests from this folder (TUF repositories, release bundles)
+    hold_after: int | None = None  # send this many bytes of a large file, then wait for ``release_hold``
+    release_hold: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)  # set while a download is held
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -91,6 +96,9 @@ class FakeServer:
                 except OSError:
                     pass  # the agent was killed while we worked: that answer is lost, as in real life
 
+            def do_GET(self) -> None:
+                server.serve_file(self)
+
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
@@ -102,6 +110,30 @@ class FakeServer:
         self._httpd.shutdown()
         self._thread.join()
         self._httpd.server_close()
+
+    def serve_file(self, handler: BaseHTTPRequestHandler) -> None:
+        """A static file from ``www``; a file larger than ``hold_after`` stalls there until released."""
+        path = handler.path.split("?", 1)[0].lstrip("/")
+        file = (self.www / path).resolve() if self.www is not None else None
+        if file is None or self.www is None or not file.is_relative_to(self.www.resolve()) or not file.is_file():
+            handler.send_error(404)
+            return
+        data = file.read_bytes()
+        hold = self.hold_after if self.hold_after is not None and len(data) > self.hold_after else None
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            if hold is not None:
+                handler.wfile.write(data[:hold])
+                handler.wfile.flush()
+                self.holding.set()
+                self.release_hold.wait(60)
+                self.holding.clear()
+                data = data[hold:]
+            handler.wfile.write(data)
+        except OSError:
+            handler.close_connection = True
 
     # -- the protocol -------------------------------------------------------------------------------
 

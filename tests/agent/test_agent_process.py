@@ -84,6 +84,9 @@ def test_sigterm_stops_the_agent_promptly_and_is_logged(tmp_path: Path, server: 
 def test_counter_is_persisted_before_sending_and_never_reused_after_sigkill(tmp_path: Path, server: FakeServer) -> None:
     config = make_device_root(tmp_path, server.url)
     server.interval = 1
+    # As the real server does: a resynchronising nonce carries the last cosigned checkpoint, so the
+    # agent knows which log size the witness holds after reports whose answers were lost.
+    server.nonce_with_checkpoint = True
     arrived = threading.Event()
     release = threading.Event()
     held: list[int] = []

@@ -17,6 +17,7 @@ from medsec.errors import ConfigError
 from medsec.protocol import MAX_FIELD
 
 if TYPE_CHECKING:
+    from medsec.agent.protection import ProtectionConfig
     from medsec.agent.update_config import UpdateConfig
 
 CONFIG_RELPATH = Path("etc/medsec/agent.json")
@@ -27,6 +28,8 @@ DEFAULT_CHECKIN_INTERVAL = 60
 MAX_CHECKIN_INTERVAL = 24 * 3600
 DEFAULT_RETRY_INITIAL = 5
 DEFAULT_RETRY_MAX = 300
+DEFAULT_HEARTBEAT = 5
+MAX_HEARTBEAT = 300
 
 # The serial goes into a URL path and into the access log's origin line, so it
 # is kept to characters that need no escaping in either.
@@ -44,7 +47,9 @@ _KNOWN_FIELDS = frozenset(
         "ca_file",
         "retry_initial_seconds",
         "retry_max_seconds",
+        "heartbeat_seconds",
         "update",
+        "protection",
     }
 )
 
@@ -76,6 +81,10 @@ class DeviceLayout:
         return self.state_dir / "agent.lock"
 
     @property
+    def heartbeat_file(self) -> Path:
+        return self.state_dir / "heartbeat.json"
+
+    @property
     def access_log_dir(self) -> Path:
         return self.root / "var/log/medsec/access-log"
 
@@ -92,7 +101,9 @@ class AgentConfig:
     ca_file: Path | None = None  # extra trust anchor for an https server_url
     retry_initial_seconds: int = DEFAULT_RETRY_INITIAL
     retry_max_seconds: int = DEFAULT_RETRY_MAX
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT  # how stale the 'last seen alive' time of a crash can be
     update: UpdateConfig | None = None  # signed updates (medsec.agent.update_config)
+    protection: ProtectionConfig | None = None  # allowlist, integrity, ports (medsec.agent.protection)
 
     @property
     def layout(self) -> DeviceLayout:
@@ -150,7 +161,9 @@ class AgentConfig:
             ca_file=_path_field(root, data, "ca_file"),
             retry_initial_seconds=retry_initial,
             retry_max_seconds=retry_max,
+            heartbeat_seconds=_int_field(data, "heartbeat_seconds", DEFAULT_HEARTBEAT, 1, MAX_HEARTBEAT),
             update=_update_section(root, data.get("update")),
+            protection=_protection_section(root, data),
         )
 
 
@@ -161,6 +174,16 @@ def _update_section(root: Path, value: Any) -> UpdateConfig | None:
     from medsec.agent.update_config import parse_update_section
 
     return parse_update_section(root, value)
+
+
+def _protection_section(root: Path, data: dict[str, Any]) -> ProtectionConfig | None:
+    if data.get("protection") is None:
+        return None
+    from medsec.agent.protection import parse_protection_section  # protection code only when configured
+
+    update = data.get("update")
+    product = update.get("product") if isinstance(update, dict) else None
+    return parse_protection_section(root, data["protection"], product if isinstance(product, str) else None)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

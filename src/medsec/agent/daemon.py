@@ -2,7 +2,10 @@
 
 One :class:`Agent` owns one device root while it runs (an exclusive lock on
 ``var/lib/medsec/agent.lock``), so two daemons can never interleave counters
-or log appends on the same device.
+or log appends on the same device. Signed updates run on a thread of their own
+(:mod:`medsec.agent.updater`), so a long download never delays a check-in; a
+heartbeat file (:mod:`medsec.agent.heartbeat`) lets the next start log how long
+the agent was away when it did not stop cleanly (RL-1).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import httpx
 from medsec.agent.access_log import AccessLog, parse_verifier_key
 from medsec.agent.client import ServerClient, ServerUnavailable, make_http_client
 from medsec.agent.config import MAX_CHECKIN_INTERVAL, AgentConfig
+from medsec.agent.heartbeat import Heartbeat
 from medsec.agent.schedule import Backoff, jittered
 from medsec.agent.state import AgentState, StateStore
+from medsec.auditlog.checkpoint import Checkpoint
 from medsec.auditlog.note import parse_note
 from medsec.auditlog.witness import verify_cosignature
 from medsec.crypto.keys import SigningKey
@@ -36,6 +41,7 @@ from medsec.errors import AgentError, AuditLogError, CheckinRejected, ConfigErro
 from medsec.protocol import MAX_FIELD, CheckinResponse, EnrollmentRequest, VersionReport
 
 if TYPE_CHECKING:
+    from medsec.agent.protection import DeviceProtection
     from medsec.agent.updater import AgentUpdater
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ AGENT_STATE_RUNNING = "running"
 UNKNOWN_VERSION = "unknown"
 MAX_SMALL_FILE = 4096
 MAX_EVENT_TEXT = 500
+STOP_POLL_SECONDS = 0.25  # how soon a waiting check-in loop notices ``stop`` while the update thread may wake it
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -79,7 +86,11 @@ class Agent:
         # The last refusal written to the access log, so a device stuck on the same
         # refusal does not add an entry every retry.
         self._last_problem: tuple[str, str] | None = None
+        self._clean_stop = False  # set once agent.stopped is in the log: the heartbeat then says so
         self.updates: AgentUpdater | None = None  # signed updates, when agent.json has an 'update' section
+        self.protection: DeviceProtection | None = None  # allowlist, integrity, ports: its own threads
+        self._wake = threading.Event()  # set by the update thread when a new phase is saved: report it now
+        self.heartbeat = Heartbeat(config.layout.heartbeat_file, config.heartbeat_seconds, clock)
 
     @classmethod
     def start(
@@ -125,7 +136,13 @@ class Agent:
 
                 agent.updates = AgentUpdater(config, config.update, key, access_log, clock=clock)
                 cleanup.callback(agent.updates.close)
+            cleanup.callback(agent.heartbeat.stop, clean=False)
             agent._after_start()
+            if config.protection is not None:
+                from medsec.agent.protection import start_protection  # protection code only when configured
+
+                agent.protection = start_protection(config, key, access_log)
+                cleanup.callback(agent.protection.stop)
             cleanup.pop_all()
         return agent
 
@@ -133,6 +150,12 @@ class Agent:
         if self._state.enrolled:
             # A crash between saving the enrollment and deleting the token leaves it behind.
             self._delete_token()
+        gap = self.heartbeat.previous_gap()
+        if gap is not None:
+            # RL-1: the device was unwatched from the last heartbeat until now (a crash, a kill, power loss).
+            logger.warning("the previous agent run did not stop cleanly; unwatched for %.0f s", gap.seconds)
+            self.access_log.record("agent.gap", **gap.fields())
+        self.heartbeat.start()
         self.access_log.record(
             "agent.started",
             serial=self.config.serial,
@@ -171,7 +194,13 @@ class Agent:
             fields: dict[str, Any] = {"reason": "requested" if error is None else "error"}
             if error is not None:
                 fields["error"] = type(error).__name__
+            if self.updates is not None:
+                # The update thread writes to the log: it ends before the log's last entry.
+                self.updates.stop_thread()
+            if self.protection is not None:
+                self.protection.stop()  # answers every pending permission event, then writes its last entries
             self.access_log.record("agent.stopped", **fields)
+            self._clean_stop = True
             logger.info("agent for %s stopped", self.config.serial)
         finally:
             self._release()
@@ -188,13 +217,26 @@ class Agent:
             stack.callback(self.access_log.close)
             if self.updates is not None:
                 stack.callback(self.updates.close)
+            # First of all: stop the heartbeat, and say the stop was clean only if it was requested.
+            stack.callback(self.heartbeat.stop, clean=self._clean_stop)
 
     def run(self, stop: threading.Event) -> None:
         """Enroll if needed, then check in until ``stop`` is set."""
         while not stop.is_set():
             delay = self.step()
             logger.debug("next contact with the server in %.1f s", delay)
+            self._wait(stop, delay)
+
+    def _wait(self, stop: threading.Event, delay: float) -> None:
+        """Sleep ``delay`` seconds, less if ``stop`` is set or the update thread saved a new phase."""
+        if self.updates is None:
             stop.wait(delay)
+            return
+        deadline = time.monotonic() + delay
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._wake.wait(min(remaining, STOP_POLL_SECONDS)):
+                return
 
     def step(self) -> float:
         """One enrollment or check-in attempt; return the seconds to wait before the next one.
@@ -203,6 +245,9 @@ class Agent:
         failures of the device's own state (AgentError, AuditLogError) propagate.
         """
         enrolling = not self._state.enrolled
+        self._wake.clear()  # this report carries every phase saved so far
+        if self.updates is not None and self.updates.thread_error is not None:
+            raise self.updates.thread_error
         try:
             if enrolling:
                 self.enroll()
@@ -228,7 +273,8 @@ class Agent:
         # Right after enrolling, report at once so the server learns our version.
         delay = 0.0 if enrolling else jittered(self.checkin_interval, self._rng)
         if self.updates is not None and not enrolling:
-            delay = min(delay, self.updates.step())
+            # Director requests are signed with the enrolled key, so updates start after enrollment.
+            self.updates.start_thread(self._wake.set)
         return delay
 
     def _note_problem(self, event: str, code: str, detail: str) -> None:
@@ -347,8 +393,9 @@ class Agent:
     def _send_report(self, proof_base: int) -> CheckinResponse:
         version = self._installed_version()
         agent_state = AGENT_STATE_RUNNING
-        size = self.access_log.size
+        # The update and remote-link threads append too: take the size the signed checkpoint covers.
         checkpoint = self.access_log.checkpoint()
+        size = Checkpoint.parse(parse_note(checkpoint)[0]).size
         proof = self.access_log.consistency_proof_b64(proof_base, size)
         # Persist the counter before signing: whatever happens next, it is never used again.
         self._state = self._store.reserve_counter(replace(self._state, last_sent_size=size))

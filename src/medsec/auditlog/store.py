@@ -224,6 +224,8 @@ class FileLog:
         if tail:
             os.fsync(self._entries_fd)  # they were never acknowledged; they are now
             self._apply(tail)
+            # New appends are numbered after the rebuilt entries, not over them.
+            self._next_index = self._size
             logger.info("log %s: rebuilt %d entries after the last sync", self.directory, len(tail))
         self._sync_derived()
         self._check_stored_checkpoint()

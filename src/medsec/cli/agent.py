@@ -26,6 +26,10 @@ def agent(
     code: Annotated[
         str | None, typer.Option("--code", help="with --console: the one-time local maintenance code")
     ] = None,
+    supervise: Annotated[
+        bool,
+        typer.Option("--supervise", help="run the agent as a child process and restart it whenever it dies (RL-1)"),
+    ] = False,
 ) -> None:
     """Run the device agent: enroll once, then send signed check-ins and keep the device access log."""
     from medsec.agent.config import AgentConfig
@@ -57,6 +61,12 @@ def agent(
             return
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.INFO,
-            format=f"%(asctime)s agent[{root.name}] %(levelname)s %(message)s",
+            format=f"%(asctime)s {'supervisor' if supervise else 'agent'}[{root.name}] %(levelname)s %(message)s",
         )
-        run_agent(AgentConfig.load(root))
+        config = AgentConfig.load(root)  # a broken config fails here, not in a restart loop
+        if supervise:
+            from medsec.agent.supervisor import agent_command, run_supervisor
+
+            run_supervisor(agent_command(config.root, verbose=verbose))
+            return
+        run_agent(config)

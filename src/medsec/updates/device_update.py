@@ -206,6 +206,10 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _ignore_saved(state: UpdateState) -> None:
+    """The default ``on_saved``: nobody waits for new phases."""
+
+
 def _ignore(transition: Transition) -> None:
     """Default transition sink."""
 
@@ -224,6 +228,7 @@ class DeviceUpdater:
         clinical_use: ClinicalUseProbe | None = None,
         clock: Callable[[], datetime] = _utc_now,
         on_transition: Callable[[Transition], None] = _ignore,
+        on_saved: Callable[[UpdateState], None] = _ignore_saved,
         failpoint: Failpoint = no_failpoint,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
@@ -236,6 +241,7 @@ class DeviceUpdater:
         self._clinical = clinical_use or NeverInUse()
         self._clock = clock
         self._report = on_transition
+        self._on_saved = on_saved
         self._failpoint = failpoint
         self._poll = poll_seconds
         self._retry = retry_seconds
@@ -456,6 +462,7 @@ class DeviceUpdater:
             )
         )
         self._save(new)
+        self._on_saved(new)  # after the save: whoever reports the new phase reads it from the saved state
         self._failpoint(f"state.{phase.value}")
 
     def _save(self, state: UpdateState) -> None:

@@ -5,16 +5,19 @@ lengths it trusts (TUF 5.2-5.6). Targets go through :meth:`HttpxFetcher.download
 the bytes land in ``<destination>.part`` next to the destination, a later call continues
 with an HTTP ``Range`` request where the last one stopped (a cut connection, a crash, a
 power loss), at most ``length`` bytes are ever accepted, and the file is moved into place
-only after its length and every hash matched (TUF 5.7.3).
+only after its length and every hash matched (TUF 5.7.3). A download can be stopped from
+another thread (``cancel`` and :meth:`HttpxFetcher.interrupt`); it keeps its part file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import queue
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -59,12 +62,16 @@ class HttpxFetcher(FetcherInterface):
         timeout: float = DEFAULT_TIMEOUT,
         chunk_size: int = CHUNK_SIZE,
         user_agent: str = "medsec-agent",
+        cancel: threading.Event | None = None,
     ) -> None:
         self._own_client = client is None
         self._client = client or httpx.Client(
             timeout=timeout, follow_redirects=False, headers={"User-Agent": user_agent}
         )
         self._chunk_size = chunk_size
+        # Set by the agent when it stops: a target download ends at the next chunk, keeping its part file.
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self._active: httpx.Response | None = None  # the target download in progress, for interrupt()
 
     def close(self) -> None:
         if self._own_client:
@@ -103,6 +110,19 @@ class HttpxFetcher(FetcherInterface):
             return self._client.send(request, stream=True)
         except httpx.HTTPError as e:
             raise tuf_exceptions.DownloadError(f"GET {url}: {e}") from e
+
+    def interrupt(self) -> None:
+        """Cut the target download in progress, from another thread (with ``cancel`` set first).
+
+        A read blocked on a stalled server would otherwise hold a stopping agent for the whole
+        read timeout; shutting the socket down wakes it at once, and the part file is kept.
+        """
+        response = self._active
+        stream = response.extensions.get("network_stream") if response is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     # -- targets --------------------------------------------------------------------------------------
 
@@ -159,10 +179,13 @@ class HttpxFetcher(FetcherInterface):
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+        if self._cancel.is_set():
+            raise UpdateTransportError(f"GET {url}: not started, the agent is stopping")
         try:
             response = self._open(url, headers)
         except tuf_exceptions.DownloadError as e:
             raise UpdateTransportError(str(e)) from e
+        self._active = response
         try:
             if response.status_code == httpx.codes.PARTIAL_CONTENT and offset:
                 _check_content_range(url, response, offset)
@@ -182,8 +205,10 @@ class HttpxFetcher(FetcherInterface):
                 raise UpdateTransportError(f"GET {url}: HTTP {response.status_code}")
             f.seek(offset)
             sink = _HashingWriter(f, hashers)
+            cancel = self._cancel
             try:
-                # Chunks as they arrive (no re-buffering), so a cut connection loses nothing already received.
+                # Whatever arrived is written even when the connection is cut (close() below), so a
+                # resume never fetches it again.
                 for chunk in response.iter_raw():
                     room = length - offset
                     if len(chunk) > room:
@@ -194,11 +219,16 @@ class HttpxFetcher(FetcherInterface):
                     sink.put(chunk)
                     offset += len(chunk)
                     failpoint("download.chunk")
+                    if cancel.is_set():
+                        raise UpdateTransportError(
+                            f"GET {url}: stopped after {offset} of {length} bytes; resumes later"
+                        )
             except httpx.HTTPError as e:
                 raise UpdateTransportError(f"GET {url}: connection failed after {offset} of {length} bytes: {e}") from e
             finally:
                 sink.close()
         finally:
+            self._active = None
             response.close()
         if offset < length:
             raise UpdateTransportError(f"GET {url}: connection closed after {offset} of {length} bytes")
