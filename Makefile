@@ -26,7 +26,7 @@ lint: $(STAMP)
 CSAF_NODE := tests/advisories/node
 
 test: lint $(CSAF_NODE)/node_modules/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --traceability-gate $(PYTEST_ARGS)
 
 # The BSI CSAF validator (npm) for the advisory tests; skipped with a reason when npm is missing.
 $(CSAF_NODE)/node_modules/.installed: $(CSAF_NODE)/package-lock.json

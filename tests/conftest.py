@@ -25,6 +25,9 @@ from medsec.server.settings import Settings
 
 PG_ENV = "MEDSEC_TEST_DATABASE_URL"
 
+# The requirement traceability matrix and its gate (--traceability-gate, see docs/traceability.md).
+pytest_plugins = ["plugins.traceability"]
+
 
 def _postgres_admin_url() -> str | None:
     url = os.environ.get(PG_ENV)

@@ -10,6 +10,10 @@ from medsec.cli.agent import agent
 from medsec.cli.demo import demo, totp_code
 from medsec.cli.gateway import gateway
 from medsec.cli.maintenance import app as maintenance_app
+from medsec.cli.milestones import app as milestones_app
+from medsec.cli.protect import app as protect_app
+from medsec.cli.reports import app as reports_app
+from medsec.cli.trace import app as trace_app
 
 app = typer.Typer(
     name="medsec",
@@ -29,7 +33,11 @@ app.add_typer(feeds.app, name="feeds")
 app.add_typer(vulns.app, name="vulns")
 app.add_typer(advisories.app, name="advisories")
 app.add_typer(lifecycle.app, name="lifecycle")
+app.add_typer(trace_app, name="trace")
+app.add_typer(milestones_app, name="milestones")
 app.add_typer(maintenance_app, name="maintenance")
+app.add_typer(protect_app, name="protect")
+app.add_typer(reports_app, name="report")
 app.command("gateway")(gateway)
 app.command("agent")(agent)
 app.command("demo")(demo)

@@ -220,6 +220,21 @@ def create_app(
 
     app.include_router(remote_api_router)
     app.include_router(remote_portal_router)
+    from medsec.server.api_protect import router as protect_api_router
+    from medsec.server.portal_protect import router as protect_portal_router
+
+    app.include_router(protect_api_router)
+    app.include_router(protect_portal_router)
+    from medsec.server.api_reports import router as reports_api_router
+    from medsec.server.portal_reports import router as reports_portal_router
+
+    app.include_router(reports_api_router)
+    app.include_router(reports_portal_router)
+    from medsec.server.api_milestones import router as milestones_api_router
+    from medsec.server.portal_milestones import router as milestones_portal_router
+
+    app.include_router(milestones_api_router)
+    app.include_router(milestones_portal_router)
     mount_repository(app, settings.repo_dir)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app
