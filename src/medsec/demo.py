@@ -20,6 +20,8 @@ from typing import Any
 
 from medsec.atomic_file import atomic_write
 from medsec.crypto.keys import write_private_file
+from medsec.demo_protect import setup_demo_protection
+from medsec.demo_remote import GatewayPorts, GatewayProcess, remote_tour, setup_remote_demo
 from medsec.demo_updates import setup_demo_updates
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class DemoOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     checkin_interval_seconds: int = 10
+    gateway_port: int | None = None  # default: port + 22 (8022 next to the portal's 8000)
+    gateway_device_port: int | None = None  # default: port + 23
 
     @property
     def url(self) -> str:
@@ -206,6 +210,11 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
     info = prepare(options)
     seed_demo_vulns(_settings(options))  # SBOM, findings, VEX, CSAF advisory, EOS plan (idempotent)
     info["update_tour"] = setup_demo_updates(_settings(options), info)  # keys, releases, device slots (idempotent)
+    gateway_ports = GatewayPorts(
+        options.gateway_port or options.port + 22, options.gateway_device_port or options.port + 23, options.host
+    )
+    info = setup_remote_demo(_settings(options), info, gateway_ports)  # gateway keys, device remote.json
+    protection = setup_demo_protection(_settings(options).data_dir, info)  # tmpfs mounts when root; else says why
     app = create_app(_settings(options))
     server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
     stop = threading.Event()
@@ -217,17 +226,22 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     devices = DeviceProcesses()
+    gateway = GatewayProcess()
     try:
         deadline = time.monotonic() + 30
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start on {options.url} (is the port in use?)")
             time.sleep(0.05)
+        gateway.start(_settings(options).data_dir, gateway_ports)
+        gateway.wait_listening(gateway_ports)
         devices.start(info["devices"])
         threading.Thread(
             target=_run_witness, args=(options, info["log_key"], stop), name="witness", daemon=True
         ).start()
         announce(info)
+        print(remote_tour(info, options.data_dir), flush=True)
+        print(protection.tour, flush=True)
         while not stop.wait(1.0):
             if not thread.is_alive():
                 break
@@ -238,6 +252,8 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
                     break
     finally:
         devices.stop()
+        protection.close()  # after the agents: nothing holds the mounts any more
+        gateway.stop()
         server.should_exit = True
         thread.join(timeout=10)
         for sig, handler in previous.items():

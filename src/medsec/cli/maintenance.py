@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,11 +28,21 @@ class MaintenanceApiError(UserInputError):
     """The server refused a maintenance request."""
 
 
-def _call(server: str, token: str, method: str, path: str, body: Any = None, *, text: bool = False) -> Any:
+def _call(
+    server: str,
+    token: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    text: bool = False,
+    raw: bool = False,
+    params: dict[str, str] | None = None,
+) -> Any:
     url = server.rstrip("/") + "/api/v1/remote" + path
     try:
-        with httpx.Client(timeout=30, follow_redirects=False) as c:
-            r = c.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+        with httpx.Client(timeout=120, follow_redirects=False) as c:
+            r = c.request(method, url, json=body, params=params, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as e:
         raise MaintenanceApiError(f"cannot reach {url}: {e}") from e
     if r.status_code >= 400:
@@ -40,6 +51,8 @@ def _call(server: str, token: str, method: str, path: str, body: Any = None, *, 
         except ValueError:
             data = {"error": "http_error", "detail": r.text[:300]}
         raise MaintenanceApiError(f"{method} {path}: HTTP {r.status_code} {data.get('error')}: {data.get('detail')}")
+    if raw:
+        return r.content
     return r.text if text else r.json()
 
 
@@ -153,8 +166,8 @@ def list_(
         render(as_json, rows, human)
 
 
-@app.command("report")
-def report(
+@app.command("work-report")
+def work_report(
     server: Server,
     token: Token,
     session: SessionOpt,
@@ -189,3 +202,42 @@ def cert(
         atomic_write(output, text.encode("ascii"), mode=0o644)
         data = {"session": session, "certificate": str(output)}
         render(as_json, data, lambda: console.print(f"certificate written to {output}", highlight=False))
+
+
+@app.command("report")
+def service_report(
+    session: Annotated[str, typer.Argument(help="session id (ms-…)")],
+    server: Server,
+    token: Token,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the file")],
+    lang: Annotated[str, typer.Option("--lang", help="ja or en")] = "ja",
+    fmt: Annotated[
+        str, typer.Option("--format", help="html, pdf, or bundle (the proof for 'medsec audit verify')")
+    ] = "pdf",
+    as_json: AsJson = False,
+) -> None:
+    """Download the service report (RA-5, RA-3) or its offline-verifiable proof bundle."""
+    with errors_to_exit(as_json):
+        if lang not in ("ja", "en"):
+            raise UserInputError(f"--lang {lang!r}: use ja or en")
+        if fmt not in ("html", "pdf", "bundle"):
+            raise UserInputError(f"--format {fmt!r}: use html, pdf or bundle")
+        with console.status(f"building the {fmt} report of {session}…", spinner="dots"):
+            data = _call(
+                server, token, "GET", f"/sessions/{session}/report", params={"format": fmt, "lang": lang}, raw=True
+            )
+        atomic_write(output, data, mode=0o644)
+        digest = hashlib.sha256(data).hexdigest()
+        result = {
+            "session": session,
+            "format": fmt,
+            "lang": lang,
+            "file": str(output),
+            "bytes": len(data),
+            "sha256": digest,
+        }
+        render(
+            as_json,
+            result,
+            lambda: console.print(f"wrote {output} ({len(data)} bytes, sha256 {digest})", highlight=False),
+        )

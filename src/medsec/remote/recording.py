@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,10 +108,18 @@ class RecordingSummary:
 
 def verify_recording(path: Path, expected_sha256: str | None = None) -> RecordingSummary:
     """Check the seal (and ``expected_sha256`` from the audit log, when given); raise RecordingError."""
+    return verify_recording_bytes(_read(path), expected_sha256)
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
-        raise RecordingError("recording_unreadable", f"cannot read {path}: {e.strerror}") from e
+        raise RecordingError("recording_unreadable", f"cannot read recording {path.name}: {e.strerror}") from e
+
+
+def verify_recording_bytes(data: bytes, expected_sha256: str | None = None) -> RecordingSummary:
+    """:func:`verify_recording` over bytes already read (so what is checked is what is shown or sent)."""
     body, sep, seal_line = data.rstrip(b"\n").rpartition(b"\n")
     if not sep:
         raise RecordingError("recording_malformed", "recording has no seal line")
@@ -137,3 +146,100 @@ def verify_recording(path: Path, expected_sha256: str | None = None) -> Recordin
     markers = tuple(str(ev[2]) for ev in events if ev[1] == "m")
     duration = float(seal[0]) if isinstance(seal[0], (int, float)) else 0.0
     return RecordingSummary(sha256=actual, events=len(events), markers=markers, duration=duration)
+
+
+# -- playback ---------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+MAX_PLAYBACK_LINES = 20_000
+
+
+@dataclass(frozen=True)
+class PlaybackLine:
+    """One line of a reconstructed recording: terminal ``output``, typed ``input`` or a ``marker``."""
+
+    at: float
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Playback:
+    summary: RecordingSummary
+    header: dict[str, Any]
+    lines: tuple[PlaybackLine, ...]
+    truncated: bool
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        return tuple(line.text for line in self.lines if line.kind == "input" and line.text.strip())
+
+    @property
+    def file_transfers(self) -> tuple[str, ...]:
+        return tuple(line.text for line in self.lines if line.kind == "marker" and line.text.startswith("file "))
+
+
+class _LineBuilder:
+    """Turns a terminal byte stream into lines: CR/LF end a line, backspace erases, escapes are dropped."""
+
+    def __init__(self, kind: str, out: list[PlaybackLine]) -> None:
+        self.kind = kind
+        self.out = out
+        self.buf: list[str] = []
+        self.started: float | None = None
+
+    def feed(self, at: float, text: str) -> None:
+        for ch in _ANSI.sub("", text):
+            if ch in "\r\n":
+                self.flush(at)
+            elif ch in "\b\x7f":
+                if self.buf:
+                    self.buf.pop()
+            elif ch == "\t" or ch >= " ":
+                if self.started is None:
+                    self.started = at
+                self.buf.append(ch)
+
+    def flush(self, at: float) -> None:
+        if self.buf:
+            self.out.append(
+                PlaybackLine(self.started if self.started is not None else at, self.kind, "".join(self.buf))
+            )
+        self.buf.clear()
+        self.started = None
+
+
+def read_playback(path: Path, expected_sha256: str) -> Playback:
+    """Verify ``path`` against its seal and the audit log's hash, then reconstruct it as text lines."""
+    return parse_playback(_read(path), expected_sha256)
+
+
+def parse_playback(data: bytes, expected_sha256: str) -> Playback:
+    """Verify ``data`` against its seal and the audit log's hash, then reconstruct it as text lines.
+
+    Raises RecordingError (``recording_tampered`` and friends) before anything is shown, so a
+    changed recording is never presented as if it were good.
+    """
+    summary = verify_recording_bytes(data, expected_sha256)
+    raw = data.decode("utf-8", "replace").splitlines()
+    header = json.loads(raw[0])
+    lines: list[PlaybackLine] = []
+    output = _LineBuilder("output", lines)
+    typed = _LineBuilder("input", lines)
+    for text in raw[1:-1]:  # the last line is the seal
+        at, code, data = json.loads(text)
+        at = float(at)
+        if code == "o":
+            output.feed(at, str(data))
+        elif code == "i":
+            typed.feed(at, str(data))
+        elif code == "m":
+            output.flush(at)
+            typed.flush(at)
+            lines.append(PlaybackLine(at, "marker", str(data)))
+        if len(lines) > MAX_PLAYBACK_LINES:
+            break
+    output.flush(summary.duration)
+    typed.flush(summary.duration)
+    truncated = len(lines) > MAX_PLAYBACK_LINES
+    return Playback(summary, header, tuple(lines[:MAX_PLAYBACK_LINES]), truncated)

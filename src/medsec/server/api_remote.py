@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -58,6 +58,7 @@ class ApprovalOut(BaseModel):
 
 
 class RecordingOut(BaseModel):
+    id: int
     sha256: str
     audit_index: int
     at: datetime
@@ -286,3 +287,46 @@ def device_pending(serial: Str100, request: Request, ctx: Ctx) -> PendingOut:
         )
         pending = remote.pending_for_device(db, serial, _now())
     return PendingOut(sessions=pending, approval_key=keys.approval_verify_key.to_base64())
+
+
+@router.get(
+    "/sessions/{session_id}/recordings/{recording_id}.cast",
+    responses=ERRORS,
+    summary="Download a sealed asciicast recording (checked against the audit log; the download is logged)",
+)
+def recording_download(
+    session_id: SessionIdPath, recording_id: Annotated[int, Field(ge=1)], ctx: Ctx, caller: Caller
+) -> Response:
+    with ctx.tx() as db:
+        view = remote.view_recording(db, ctx.audit, caller, session_id, recording_id, mode="download")
+    return Response(
+        view.data,
+        media_type="application/x-asciicast",
+        headers={
+            "Content-Disposition": f'attachment; filename="{view.session_id}-{view.id}.cast"',
+            "X-Medsec-Recording-SHA256": view.sha256,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/report",
+    responses=ERRORS,
+    summary="The service report (html, pdf) or its offline-verifiable proof bundle (the download is logged)",
+)
+def service_report(
+    session_id: SessionIdPath,
+    ctx: Ctx,
+    caller: Caller,
+    format: Annotated[str, Query(pattern="^(html|pdf|bundle)$")] = "pdf",
+    lang: Annotated[str, Query(pattern="^(ja|en)$")] = "ja",
+) -> Response:
+    with ctx.tx() as db:
+        report = remote.service_report(db, ctx.audit, caller, session_id, fmt=format, lang=lang)
+    data, media_type, name = remote.report_file(report, format, lang)
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+    )

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from medsec.errors import InvalidRequest, PermissionDenied, ServiceError
+from medsec.errors import InvalidRequest, NotFound, PermissionDenied, ServiceError
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.models_remote import RemoteSession
@@ -60,6 +60,20 @@ SERVICE_MESSAGES.update(
         "invalid_session_form": N_("Fill in every field; times are whole minutes."),
         "device_not_enrolled": N_("The device has not enrolled yet, so it has no key for a maintenance code."),
         "invalid_policy": N_("The hospital cannot approve maintenance sessions yet: it has no responsible person."),
+        "unknown_recording": N_("There is no such recording."),
+        "unknown_report": N_("There is no such report file."),
+        "recording_tampered": N_(
+            "This recording does not match the SHA-256 sealed in the audit log: it was changed after the session. "
+            "It is not shown. The attempt has been logged."
+        ),
+        "recording_unreadable": N_("The recording file cannot be read. The attempt has been logged."),
+        "recording_malformed": N_(
+            "This recording is damaged and does not match the audit log. It is not shown. The attempt has been logged."
+        ),
+        "recording_unsealed": N_(
+            "This recording has lost its seal and does not match the audit log. It is not shown. "
+            "The attempt has been logged."
+        ),
     }
 )
 
@@ -348,3 +362,82 @@ def session_action(
     if local_code is not None:
         return _session_page(request, sid, local_code=local_code)
     return _redirect(f"/maintenance/{sid}")
+
+
+# -- recordings and the service report --------------------------------------------------------------------
+
+MARKER_KINDS = {"output": N_("output"), "input": N_("typed"), "marker": N_("marker")}
+REPORT_FILES = {
+    "ja.html": ("html", "ja"),
+    "en.html": ("html", "en"),
+    "ja.pdf": ("pdf", "ja"),
+    "en.pdf": ("pdf", "en"),
+    "proof.json": ("bundle", "ja"),
+}
+
+
+def _refused_page(request: Request, error: ServiceError) -> Response:
+    """A refused download or playback: logged if it must be, shown as a page (a 404 looks like any other)."""
+    if isinstance(error, AuditedRefusal):
+        _record_refusal(request.app.state.ctx, error)
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+    state = PageState(language=auth.language, viewer=auth.viewer, here="/maintenance")
+    return _error_page(request, state, error)
+
+
+@router.get("/maintenance/{session_id}/recordings/{name}")
+def recording_page(request: Request, session_id: str, name: str) -> Response:
+    """Play a recording back as text (``/recordings/7``) or download it (``/recordings/7.cast``); both are logged."""
+    ctx = request.app.state.ctx
+    number, _, suffix = name.partition(".")
+    if not number.isdigit() or suffix not in ("", "cast") or len(number) > 12:
+        return _refused_page(request, NotFound("unknown_recording", "no such recording"))
+    mode = "download" if suffix == "cast" else "playback"
+    try:
+        with ctx.tx() as db:
+            auth = _signed_in(request, db)
+            view = remote.view_recording(db, ctx.audit, auth.principal, session_id[:MAX_ID], int(number), mode=mode)
+    except ServiceError as e:
+        return _refused_page(request, e)
+    if mode == "download":
+        return Response(
+            view.data,
+            media_type="application/x-asciicast",
+            headers={
+                "Content-Disposition": f'attachment; filename="{view.session_id}-{view.id}.cast"',
+                "Cache-Control": "no-store",
+            },
+        )
+    ui = _ui(request)
+    here = safe_next(f"/maintenance/{quote(view.session_id, safe='')}/recordings/{view.id}", "/maintenance")
+    state = PageState(language=auth.language, viewer=auth.viewer, here=here)
+    return _render(
+        request,
+        "remote_recording.html",
+        state,
+        recording=view,
+        playback=view.playback,
+        kind_label=lambda kind: ui.gettext(auth.language, MARKER_KINDS[kind]) if kind in MARKER_KINDS else kind,
+    )
+
+
+@router.get("/maintenance/{session_id}/report/{name}")
+def report_download(request: Request, session_id: str, name: str) -> Response:
+    """The service report as ``ja.html``, ``en.html``, ``ja.pdf``, ``en.pdf`` or the proof bundle ``proof.json``."""
+    ctx = request.app.state.ctx
+    if name not in REPORT_FILES:
+        return _refused_page(request, NotFound("unknown_report", "no such report file"))
+    fmt, lang = REPORT_FILES[name]
+    try:
+        with ctx.tx() as db:
+            auth = _signed_in(request, db)
+            report = remote.service_report(db, ctx.audit, auth.principal, session_id[:MAX_ID], fmt=fmt, lang=lang)
+    except ServiceError as e:
+        return _refused_page(request, e)
+    data, media_type, filename = remote.report_file(report, fmt, lang)
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )

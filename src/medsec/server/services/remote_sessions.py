@@ -13,6 +13,7 @@ scoped to the device's hospital. Who may act:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,22 @@ import asyncssh
 from sqlalchemy import Select, false, select
 from sqlalchemy.orm import Session
 
+from medsec.auditlog.export import build_export
 from medsec.crypto.keys import SigningKey, VerifyKey
 from medsec.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, ServiceError
 from medsec.remote.authority import grant_for
 from medsec.remote.certs import MaintenanceCA, export_certificate
-from medsec.remote.errors import AccessRefused, RemoteSessionError, SessionRequestInvalid
+from medsec.remote.errors import AccessRefused, RecordingError, RemoteSessionError, SessionRequestInvalid
 from medsec.remote.gateway import SessionGrant
 from medsec.remote.maintenance_code import STEP_SECONDS, issue_code
+from medsec.remote.recording import Playback, parse_playback, read_playback
+from medsec.remote.report import (
+    ProofFacts,
+    RecordingFacts,
+    ServiceReportFacts,
+    TimelineEntry,
+    build_service_report,
+)
 from medsec.remote.session import (
     HARD_MAX_WINDOW,
     Approval,
@@ -48,8 +58,8 @@ from medsec.remote.session import (
 )
 from medsec.remote.session import request_session as _request_session
 from medsec.remote.ticket import SessionTicket, issue_ticket
-from medsec.server.audit import ServerAuditLog
-from medsec.server.models import Device, DeviceStatus, Role, User, UserRole
+from medsec.server.audit import ServerAuditLog, SqlNodeReader
+from medsec.server.models import AuditEntry, Device, DeviceStatus, Role, User, UserRole
 from medsec.server.models_remote import RemoteApproval, RemotePolicy, RemoteRecording, RemoteSession
 from medsec.server.principal import Principal
 from medsec.server.services.accounts import AuditedRefusal
@@ -790,5 +800,220 @@ def session_summary(row: RemoteSession) -> dict[str, Any]:
             else None
         ),
         "escalated_at": row.escalated_at,
-        "recordings": [{"sha256": r.sha256, "audit_index": r.audit_index, "at": r.sealed_at} for r in row.recordings],
+        "recordings": [
+            {"id": r.id, "sha256": r.sha256, "audit_index": r.audit_index, "at": r.sealed_at} for r in row.recordings
+        ],
     }
+
+
+# -- recordings: playback and download (every one logged) ----------------------------------------------
+
+RECORDING_VIEW_MODES = frozenset({"playback", "download"})
+
+
+@dataclass(frozen=True)
+class RecordingView:
+    """A recording that passed its seal and audit-log hash check, ready to show or to send."""
+
+    id: int
+    session_id: str
+    sha256: str
+    audit_index: int
+    playback: Playback
+    data: bytes
+
+
+def _recording_row(
+    db: Session, actor: Principal, session_id: str, recording_id: int
+) -> tuple[RemoteSession, RemoteRecording]:
+    """The recording if its session is visible; anything else (another hospital's too) is simply unknown."""
+    missing = NotFound("unknown_recording", "no such recording is visible to you")
+    try:
+        row = get_session(db, actor, session_id)
+    except NotFound as e:
+        raise missing from e
+    rec = next((r for r in row.recordings if r.id == recording_id), None)
+    if rec is None:
+        raise missing
+    return row, rec
+
+
+def view_recording(
+    db: Session, audit: ServerAuditLog, actor: Principal, session_id: str, recording_id: int, *, mode: str
+) -> RecordingView:
+    """Check the recording against the hash sealed in the audit log, log the view, return it.
+
+    A recording whose bytes no longer match is never returned: the refusal (``recording_tampered``
+    and friends) is logged as a failed view even though the request's transaction rolls back.
+    """
+    if mode not in RECORDING_VIEW_MODES:
+        raise InvalidRequest("invalid_mode", "a recording is viewed for playback or download")
+    session, rec = _recording_row(db, actor, session_id, recording_id)
+    details: dict[str, Any] = {
+        "session": session.id,
+        "device": session.device.serial,
+        "recording": rec.id,
+        "sha256": rec.sha256,
+        "mode": mode,
+    }
+    try:
+        data = Path(rec.path).read_bytes()
+        playback = parse_playback(data, rec.sha256)
+    except (RecordingError, OSError) as e:
+        code = e.code if isinstance(e, RecordingError) else "recording_unreadable"
+        logger.warning("recording %s of %s failed its check: %s", rec.id, session.id, code)
+        raise AuditedRefusal(
+            Conflict(code, f"the recording does not match the SHA-256 sealed in the audit log: {e}"),
+            "remote.recording_viewed",
+            actor=actor.username,
+            organization_id=session.hospital_id,
+            details={**details, "verified": False, "problem": code},
+        ) from e
+    audit.append(
+        db,
+        "remote.recording_viewed",
+        actor=actor.username,
+        organization_id=session.hospital_id,
+        details={**details, "verified": True},
+    )
+    return RecordingView(rec.id, session.id, rec.sha256, rec.audit_index, playback, data)
+
+
+# -- the service report and its proof bundle (RA-5, RA-3) -------------------------------------------------
+
+REPORT_FORMATS = frozenset({"html", "pdf", "bundle"})
+_DETAIL_KEYS = ("comment", "reason", "outcome", "sha256", "key_fingerprint", "mode", "problem", "format")
+
+
+def _session_entries(db: Session, row: RemoteSession, below: int) -> list[tuple[int, bytes, dict[str, Any]]]:
+    """The session's own audit entries (index, leaf bytes, parsed body), oldest first."""
+    stmt = (
+        select(AuditEntry.idx, AuditEntry.body)
+        .where(
+            AuditEntry.organization_id == row.hospital_id,
+            AuditEntry.event_type.like("remote.%"),
+            AuditEntry.idx < below,
+        )
+        .order_by(AuditEntry.idx)
+    )
+    out: list[tuple[int, bytes, dict[str, Any]]] = []
+    for idx, body in db.execute(stmt):
+        entry = json.loads(body)
+        if entry.get("details", {}).get("session") == row.id:
+            out.append((idx, body, entry))
+    return out
+
+
+def _timeline_entry(idx: int, entry: dict[str, Any]) -> TimelineEntry:
+    details = entry.get("details", {})
+    detail = "; ".join(f"{k}: {details[k]}" for k in _DETAIL_KEYS if details.get(k) not in (None, ""))
+    at = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return TimelineEntry(idx, at, str(entry["type"]), str(entry.get("actor") or "—"), detail[:500])
+
+
+def _recording_facts(rec: RemoteRecording) -> RecordingFacts:
+    try:
+        playback = read_playback(Path(rec.path), rec.sha256)
+    except RecordingError as e:
+        return RecordingFacts(rec.sha256, rec.audit_index, rec.sealed_at, e.code)
+    return RecordingFacts(
+        rec.sha256,
+        rec.audit_index,
+        rec.sealed_at,
+        "verified",
+        commands=tuple((line.at, line.text) for line in playback.lines if line.kind == "input" and line.text.strip()),
+        transfers=tuple(
+            (line.at, line.text) for line in playback.lines if line.kind == "marker" and line.text.startswith("file ")
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceReport:
+    facts: ServiceReportFacts
+    bundle: dict[str, Any]
+
+
+def service_report(
+    db: Session, audit: ServerAuditLog, actor: Principal, session_id: str, *, fmt: str, lang: str
+) -> ServiceReport:
+    """Gather the report's facts and its proof bundle; the download itself is logged first, so it is in the proof.
+
+    The bundle is a plain ``medsec-auditlog-export/v1`` document (what ``medsec audit verify`` checks)
+    of the session's entries against a fresh signed checkpoint, with a ``service_report`` member
+    naming the session and its recording hashes.
+    """
+    if fmt not in REPORT_FORMATS or lang not in ("en", "ja"):
+        raise InvalidRequest("invalid_report_format", "format is html, pdf or bundle; language is ja or en")
+    row = get_session(db, actor, session_id)
+    audit.append(
+        db,
+        "remote.report_downloaded",
+        actor=actor.username,
+        organization_id=row.hospital_id,
+        details={"session": row.id, "device": row.device.serial, "format": fmt, "lang": lang},
+    )
+    cp = audit.checkpoint(db)
+    entries = _session_entries(db, row, cp.size)
+    bundle = build_export(
+        origin=audit.origin,
+        log_vkey=audit.vkey,
+        checkpoint_note=cp.note,
+        entries=[(idx, body) for idx, body, _ in entries],
+        reader=SqlNodeReader(db),
+    )
+    bundle["service_report"] = {
+        "session": row.id,
+        "device": row.device.serial,
+        "hospital": row.device.hospital.slug,
+        "recordings": [{"sha256": r.sha256, "audit_index": r.audit_index} for r in row.recordings],
+    }
+    facts = ServiceReportFacts(
+        session_id=row.id,
+        device=row.device.serial,
+        hospital=row.device.hospital.name,
+        engineer=row.engineer,
+        state=row.state,
+        emergency=row.emergency,
+        purpose=row.purpose,
+        planned_work=row.planned_work,
+        expected_impact=row.expected_impact,
+        expected_downtime_minutes=row.expected_downtime_minutes,
+        rollback=row.rollback,
+        shell=bool(row.capabilities.get("shell")),
+        file_transfer=bool(row.capabilities.get("file_transfer")),
+        ports=tuple((str(p["name"]), int(p["port"])) for p in row.capabilities.get("ports", [])),
+        window_start=row.window_start,
+        window_end=row.window_end,
+        requested_at=row.requested_at,
+        approvals_required=row.approvals_required,
+        approvals=tuple((a.approver, a.approved_at, a.comment) for a in row.approvals),
+        timeline=tuple(_timeline_entry(idx, entry) for idx, _, entry in entries),
+        recordings=tuple(_recording_facts(r) for r in row.recordings),
+        work_done=row.work_done,
+        results=row.results,
+        verification=row.verification,
+        reported_at=row.reported_at,
+        confirmed_by=row.confirmed_by,
+        confirmed_at=row.confirmed_at,
+        outcome=row.outcome,
+        confirmation_comment=row.confirmation_comment,
+        proof=ProofFacts(audit.origin, cp.size, cp.root_hash.hex(), audit.vkey, len(entries)),
+        generated_at=datetime.now(UTC),
+    )
+    return ServiceReport(facts, bundle)
+
+
+def report_file(report: ServiceReport, fmt: str, lang: str) -> tuple[bytes, str, str]:
+    """The download: ``(bytes, media type, file name)`` for html, pdf or the proof bundle."""
+    from medsec.reports.html import render_html
+    from medsec.reports.pdf import render_pdf
+
+    base = f"service-report-{report.facts.session_id}"
+    if fmt == "bundle":
+        data = json.dumps(report.bundle, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+        return data, "application/json", f"{base}-proof.json"
+    doc = build_service_report(report.facts, lang)
+    if fmt == "pdf":
+        return render_pdf(doc), "application/pdf", f"{base}.{lang}.pdf"
+    return render_html(doc).encode("utf-8"), "text/html; charset=utf-8", f"{base}.{lang}.html"
