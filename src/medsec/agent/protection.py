@@ -628,8 +628,9 @@ class DeviceProtection:
     def _read_trustdb(self) -> tuple[bytes, trustdb.TrustDB]:
         path = self.config.trustdb_file
         if path is None:
-            slots = self.root / "slots"
-            db = trustdb.load_active(slots, self._keys, self.config.product, min_counter=self._state.trustdb_counter)
+            # The floor is the committed slot's release, not the highest ever seen: after a failed
+            # health check the device legitimately rolls back to the committed release.
+            db = trustdb.ActiveTrustDB(self.root / "slots", self._keys, self.config.product).reload()
             return _read_signed(self._trust_source(), "trust database"), db
         data = _read_signed(path, "trust database")
         db = trustdb.load_trustdb(

@@ -77,7 +77,10 @@ class AgentUpdater:
         self._fetcher = HttpxFetcher(self._http, cancel=self._halt)
         self._client = UpdateClient(paths, identity, config.server_url, fetcher=self._fetcher)
         try:
-            self._installer = DirectoryInstaller(DirectorySlots(paths.slots_dir, max_attempts=settings.max_attempts))
+            self._installer = DirectoryInstaller(
+                DirectorySlots(paths.slots_dir, max_attempts=settings.max_attempts),
+                trustdb_check=_trustdb_check(config),
+            )
             self._updater = DeviceUpdater(
                 paths.state_file,
                 self._client,
@@ -225,3 +228,13 @@ class AgentUpdater:
 
 def _nothing() -> None:
     """The default ``on_saved``: no daemon to wake."""
+
+
+def _trustdb_check(config: AgentConfig) -> Callable[[bytes | None, str, int], None] | None:
+    """When the allowlist comes from the active slot, a release whose trust database does not verify
+    is never installed (a device with a fixed trust database file takes releases as they are)."""
+    if config.protection is None or config.protection.trustdb_file is not None:
+        return None
+    from medsec.protect import trustdb  # protection code only when configured
+
+    return trustdb.installer_check([trustdb.read_verify_key(p) for p in config.protection.trust_keys])

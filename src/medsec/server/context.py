@@ -15,6 +15,7 @@ from medsec.auditlog.note import NoteSigner
 from medsec.auditlog.witness import MemoryWitnessState, Witness
 from medsec.crypto.keys import SigningKey
 from medsec.errors import ConfigError
+from medsec.reports.signing import ensure_report_key
 from medsec.server.audit import ServerAuditLog
 from medsec.server.checkin_batch import CheckinBatcher
 from medsec.server.db import make_engine, make_session_factory, transaction
@@ -68,12 +69,13 @@ class ServerContext:
 
 
 def init_keys(settings: Settings) -> None:
-    """Create the server's log and witness keys if they do not exist (mode 0600)."""
+    """Create the server's log, witness and report-signing keys if they do not exist (mode 0600)."""
     for name in (AUDIT_KEY_FILE, WITNESS_KEY_FILE):
         path = settings.keys_dir / name
         if not path.exists():
             SigningKey.generate().save(path)
             logger.info("created %s", path)
+    ensure_report_key(settings.keys_dir)
 
 
 def load_key(settings: Settings, name: str) -> SigningKey:

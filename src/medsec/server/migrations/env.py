@@ -6,9 +6,12 @@ from typing import Any, Literal
 
 from alembic import context
 
-from medsec.server import (  # noqa: F401 (registers the update and vulnerability tables)
+from medsec.server import (  # noqa: F401 (registers every feature area's tables)
     models,
+    models_milestones,
+    models_protect,
     models_remote,
+    models_reports,
     models_updates,
     models_vulns,
 )
