@@ -22,7 +22,7 @@ from medsec.protect.fanotify import (
     FanotifyEvent,
 )
 
-from .conftest import install_binary
+from .conftest import _fanotify_unavailable, install_binary
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -56,6 +56,9 @@ class Responder:
 
 @pytest.fixture
 def content_group() -> Iterator[Fanotify]:
+    reason = _fanotify_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
     fan = Fanotify(FAN_CLASS_CONTENT)
     try:
         yield fan
