@@ -2,19 +2,23 @@
 
 A hospital sees the packages delivered to it, downloads each document (the first download counts as
 received), and its responsible person or admin acknowledges receipt. The manufacturer sees, per milestone,
-which hospitals opened and acknowledged the package and which have not. Scope and rules come from
-:mod:`medsec.server.services.milestones`; templates never filter data.
+which hospitals opened and acknowledged the package and which have not, assembles a package for a release,
+EOL or EOS (or completes one), and writes each product's security policy and maintenance plan. Scope and
+rules come from :mod:`medsec.server.services.milestones`, the same functions the API and CLI call; templates
+never filter data, and a hospital never gets the manufacturer's forms (posting them anyway is refused).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from medsec.errors import ServiceError
+from medsec.errors import InvalidRequest, ServiceError
 from medsec.server.i18n import N_
+from medsec.server.models import Role
 from medsec.server.portal import (
     FormStr,
     Notice,
@@ -25,6 +29,7 @@ from medsec.server.portal import (
     _redirect,
     _render,
     _signed_in,
+    _ui,
     _unit_of_work,
     _with_headers,
 )
@@ -55,13 +60,148 @@ def _labels() -> dict[str, Any]:
     return {"kind_labels": KIND_LABELS, "document_labels": DOCUMENT_LABELS, "delivery_labels": STATUS_LABELS}
 
 
+def _can_create(auth: Any) -> bool:
+    return bool(auth.principal.is_manufacturer and auth.principal.has_role(*milestones.CREATOR_ROLES))
+
+
+def _list(request: Request, db: Any, auth: Any, state: PageState, status: int = 200, **form: Any) -> Response:
+    rows = [milestones.summary(m, auth.principal) for m in milestones.visible_milestones(db, auth.principal)]
+    can_create = _can_create(auth)
+    candidates = (
+        [
+            {"id": r.id, "label": f"{r.product} {r.version}", "status": r.status}
+            for r in milestones.package_candidates(db, auth.principal)
+        ]
+        if can_create
+        else []
+    )
+    return _render(
+        request,
+        "milestones_list.html",
+        state,
+        status_code=status,
+        milestones=rows,
+        can_create=can_create,
+        can_read_documents=auth.principal.is_manufacturer,
+        candidates=candidates,
+        form=form,
+        **_labels(),
+    )
+
+
 @router.get("/milestones")
 def milestones_page(request: Request) -> Response:
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request))
-        rows = [milestones.summary(m, auth.principal) for m in milestones.visible_milestones(db, auth.principal)]
-    return _render(request, "milestones_list.html", state, milestones=rows, **_labels())
+        return _list(request, db, auth, state)
+
+
+def _parse_release_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest("invalid_release", "release: choose a release from the list") from None
+
+
+@router.post("/milestones")
+def create_submit(request: Request, csrf_token: FormStr = "", release: FormStr = "", kind: FormStr = "") -> Response:
+    """Assemble (or complete) a package and deliver it, as ``POST /api/v1/milestones`` does."""
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/milestones")
+        try:
+            with db.begin_nested():
+                row = milestones.find_release_by_id(db, auth.principal, _parse_release_id(release))
+                milestone = milestones.assemble(
+                    db,
+                    request.app.state.ctx.audit,
+                    auth.principal,
+                    row,
+                    milestones.parse_milestone_kind(kind),
+                    today=dt.datetime.now(dt.UTC).date(),
+                )
+                milestone_id = milestone.id
+        except ServiceError as e:
+            if e.status in (403, 404):
+                return _error_page(request, state, e)
+            state.notices.append(Notice("error", str(e)))
+            return _list(request, db, auth, state, status=e.status, release=release, kind=kind)
+    return _redirect(f"/milestones/{milestone_id}")
+
+
+# -- the security policy and maintenance plan of each product --------------------------------------------------
+
+
+def _documents_page(
+    request: Request, db: Any, auth: Any, state: PageState, status: int = 200, draft: dict[str, str] | None = None
+) -> Response:
+    try:
+        products = milestones.known_products(db, auth.principal)
+    except ServiceError as e:
+        return _error_page(request, state, e)
+    stored = {
+        (d.product, d.kind): milestones.product_document_summary(d)
+        for product in products
+        for d in milestones.product_documents(db, auth.principal, product)
+    }
+    return _render(
+        request,
+        "milestones_documents.html",
+        state,
+        status_code=status,
+        products=products,
+        manual_kinds=[k.value for k in milestones.MANUAL_DOCUMENTS],
+        stored=stored,
+        draft=draft or {},
+        can_edit=auth.principal.has_role(Role.MANUFACTURER_ADMIN),
+        **_labels(),
+    )
+
+
+@router.get("/milestones/product-documents")
+def documents_page(request: Request, saved: int = 0) -> Response:
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request))
+        if saved:
+            state.notices.append(Notice("success", _ui(request).gettext(auth.language, N_("Saved."))))
+        return _documents_page(request, db, auth, state)
+
+
+@router.post("/milestones/product-documents")
+def documents_submit(
+    request: Request,
+    csrf_token: FormStr = "",
+    product: FormStr = "",
+    kind: FormStr = "",
+    text_en: FormStr = "",
+    text_ja: FormStr = "",
+) -> Response:
+    """Store a product's security policy or maintenance plan, as ``PUT /api/v1/products/{p}/documents/{k}``."""
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/milestones/product-documents")
+        try:
+            with db.begin_nested():
+                milestones.set_product_document(
+                    db,
+                    request.app.state.ctx.audit,
+                    auth.principal,
+                    product=product,
+                    kind=kind,
+                    text_en=text_en,
+                    text_ja=text_ja,
+                )
+        except ServiceError as e:
+            if e.status in (403, 404):
+                return _error_page(request, state, e)
+            state.notices.append(Notice("error", str(e)))
+            draft = {"product": product, "kind": kind, "text_en": text_en, "text_ja": text_ja}
+            return _documents_page(request, db, auth, state, status=e.status, draft=draft)
+    return _redirect("/milestones/product-documents?saved=1")
 
 
 def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id: int, status: int = 200) -> Response:
@@ -77,6 +217,8 @@ def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id
         status_code=status,
         m=milestones.summary(milestone, auth.principal),
         can_acknowledge=can_acknowledge,
+        can_complete=_can_create(auth),
+        release_id=milestone.release_id,
         **_labels(),
     )
 

@@ -124,6 +124,19 @@ def add_override(
     return row
 
 
+def remove_override(session: Session, audit: ServerAuditLog, actor: str, *, product: str, cycle: str) -> None:
+    """Drop an override, so the imported endoflife.date dates apply again; the audit log keeps what it said."""
+    row = session.scalar(
+        select(LifecycleOverrideRow).where(LifecycleOverrideRow.product == product, LifecycleOverrideRow.cycle == cycle)
+    )
+    if row is None:
+        raise NotFound("unknown_override", f"no lifecycle override for {product} {cycle}")
+    removed = override_summary(row)
+    session.delete(row)
+    session.flush()
+    audit.append(session, "lifecycle.override_removed", actor=actor, organization_id=None, details=removed)
+
+
 def list_overrides(session: Session) -> list[LifecycleOverrideRow]:
     return list(
         session.scalars(select(LifecycleOverrideRow).order_by(LifecycleOverrideRow.product, LifecycleOverrideRow.cycle))
@@ -280,6 +293,12 @@ def save_legacy_plan(
         details={"release": f"{release.product} {release.version}", "controls": [c["id"] for c in controls]},
     )
     return legacy
+
+
+def stored_legacy_plan(session: Session, release: Release) -> dict[str, Any] | None:
+    """The legacy plan as saved (controls, replacement path, timeline): what an editing form starts from."""
+    row = session.get(ReleaseLifecycleRow, release.id)
+    return dict(row.legacy_plan) if row is not None and row.legacy_plan else None
 
 
 def legacy_plan(session: Session, release: Release) -> LegacyPlan | None:

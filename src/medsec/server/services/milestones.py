@@ -10,6 +10,10 @@ The security policy and the maintenance plan are written by the manufacturer per
 missing the package lists it as "manual document needed", and assembling the milestone again later fills it
 in. That changes the package digest, so an earlier acknowledgement shows as outdated until repeated.
 
+The server assembles packages on its own too: the release package in the transaction that publishes the
+release (:func:`assemble_published`, called by ``updates.sync_releases``), and EOL/EOS packages when their
+dates come (:func:`assemble_due`, in the periodic update step). Those are recorded with the actor ``system``.
+
 Tenant scope: a hospital sees a milestone only through its own delivery; another hospital's milestone is
 reported exactly like a missing one.
 """
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medsec.crypto.canonical import canonical_json
@@ -82,6 +87,7 @@ TITLES: dict[DocumentKind, tuple[str, str]] = {
     DocumentKind.EOS_NOTICE: ("EOS notice", "EOS通知"),
     DocumentKind.LEGACY_PLAN: ("Legacy plan", "レガシー対応計画"),
 }
+SYSTEM_ACTOR = "system"  # the audit actor of packages the server assembles on its own
 CREATOR_ROLES = (Role.MANUFACTURER_ADMIN, Role.RELEASE_ENGINEER, Role.PSIRT)
 ACKNOWLEDGER_ROLES = (Role.HOSPITAL_RESPONSIBLE, Role.HOSPITAL_ADMIN)
 
@@ -399,13 +405,26 @@ def assemble(
     ones are filled in, and hospitals that got devices of the product since are added.
     """
     _manufacturer_only(actor, *CREATOR_ROLES)
+    return _assemble(session, audit, actor.username, release, kind, today=today, now=now)
+
+
+def _assemble(
+    session: Session,
+    audit: ServerAuditLog,
+    actor_name: str,
+    release: Release,
+    kind: MilestoneKind,
+    *,
+    today: dt.date,
+    now: dt.datetime | None,
+) -> Milestone:
     _check_due(release, kind)
     now = now or dt.datetime.now(dt.UTC)
     milestone = find_milestone(session, release, kind)
     created = milestone is None
     if milestone is None:
         milestone = Milestone(
-            release_id=release.id, kind=kind.value, package_sha256="", created_by=actor.username, created_at=now
+            release_id=release.id, kind=kind.value, package_sha256="", created_by=actor_name, created_at=now
         )
         session.add(milestone)
         session.flush()
@@ -414,13 +433,13 @@ def assemble(
     milestone.package_sha256 = package_digest(milestone.documents)
     milestone.updated_at = now
     session.flush()
-    new_hospitals = _deliver(session, audit, actor, milestone, release, now)
+    new_hospitals = _deliver(session, audit, actor_name, milestone, release, now)
     if not created and milestone.package_sha256 != old_digest:
         _notify_updated(session, milestone, release, [d for d in milestone.deliveries if d.id not in new_hospitals])
     audit.append(
         session,
         "milestone.created" if created else "milestone.completed",
-        actor=actor.username,
+        actor=actor_name,
         organization_id=None,
         details={
             "milestone": milestone.id,
@@ -485,7 +504,7 @@ def _kind_ja(kind: str) -> str:
 def _deliver(
     session: Session,
     audit: ServerAuditLog,
-    actor: Principal,
+    actor_name: str,
     milestone: Milestone,
     release: Release,
     now: dt.datetime,
@@ -510,7 +529,7 @@ def _deliver(
         audit.append(
             session,
             "milestone.delivered",
-            actor=actor.username,
+            actor=actor_name,
             organization_id=hospital.id,
             details={
                 "milestone": milestone.id,
@@ -550,6 +569,96 @@ def due_milestones(session: Session, today: dt.date) -> list[tuple[Release, Mile
             candidates.append(MilestoneKind.EOS)
         out.extend((release, k) for k in candidates if (release.id, k.value) not in have)
     return out
+
+
+# -- assembled by the server itself ----------------------------------------------------------------------------
+
+
+def _assemble_isolated(
+    session: Session, audit: ServerAuditLog, release: Release, kind: MilestoneKind, today: dt.date, now: dt.datetime
+) -> Milestone | None:
+    """Assemble inside a savepoint of the caller's transaction; a failure undoes only this package.
+
+    Publishing a release must not be held back by a package that cannot be built (a bug, a concurrent replica
+    that created it first): the release stays published and the periodic pass tries the package again.
+    """
+    try:
+        with session.begin_nested():
+            return _assemble(session, audit, SYSTEM_ACTOR, release, kind, today=today, now=now)
+    except IntegrityError:
+        # Another server replica created the same package (unique release + kind) in the meantime.
+        logger.info("%s package of %s %s was created concurrently", kind.value, release.product, release.version)
+        return None
+    except Error as e:
+        logger.error(
+            "cannot assemble the %s package of %s %s: %s", kind.value, release.product, release.version, e.diagnostics()
+        )
+        audit.append(
+            session,
+            "milestone.assembly_failed",
+            actor=SYSTEM_ACTOR,
+            organization_id=None,
+            details={"release": f"{release.product} {release.version}", "kind": kind.value, "problem": str(e)[:500]},
+        )
+        return None
+
+
+def assemble_published(
+    session: Session, audit: ServerAuditLog, releases: list[Release], *, now: dt.datetime
+) -> list[Milestone]:
+    """The release package of each release just published, in the publishing transaction (SM-2; 表2).
+
+    Idempotent: a release that already has its release package keeps it untouched (a person completes a
+    package on purpose, with ``medsec milestones create`` or the portal form, not as a side effect).
+    """
+    created: list[Milestone] = []
+    for release in releases:
+        if release.status != ReleaseStatus.PUBLISHED.value:
+            continue
+        if find_milestone(session, release, MilestoneKind.RELEASE) is not None:
+            continue
+        row = _assemble_isolated(session, audit, release, MilestoneKind.RELEASE, now.date(), now)
+        if row is not None:
+            created.append(row)
+    return created
+
+
+def assemble_due(session: Session, audit: ServerAuditLog, *, now: dt.datetime) -> list[Milestone]:
+    """Every package whose moment has come and that does not exist yet (EOL/EOS dates reached; IMDRF N70: push).
+
+    Run by the server's periodic update step. It also makes up for a release package whose assembly failed at
+    publication.
+    """
+    created: list[Milestone] = []
+    for release, kind in due_milestones(session, now.date()):
+        row = _assemble_isolated(session, audit, release, kind, now.date(), now)
+        if row is not None:
+            created.append(row)
+    return created
+
+
+# -- what the manufacturer's forms offer -----------------------------------------------------------------------
+
+
+def known_products(session: Session, actor: Principal) -> list[str]:
+    """Products with a device model: those whose security policy and maintenance plan can be written."""
+    _manufacturer_only(actor, Role.MANUFACTURER_ADMIN, Role.RELEASE_ENGINEER, Role.PSIRT, Role.AUDITOR)
+    return sorted(set(session.scalars(select(DeviceModel.product))))
+
+
+def package_candidates(session: Session, actor: Principal) -> list[Release]:
+    """Releases a package may be assembled for (the rules of each kind are checked when assembling)."""
+    _manufacturer_only(actor, *CREATOR_ROLES)
+    return list(session.scalars(select(Release).order_by(Release.product, Release.version)))
+
+
+def find_release_by_id(session: Session, actor: Principal, release_id: int) -> Release:
+    """The release a manufacturer picked in a form; a hospital is answered as for a missing milestone."""
+    _manufacturer_only(actor, *CREATOR_ROLES)
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFound("unknown_release", f"no release with id {release_id}")
+    return release
 
 
 # -- reading, downloading, acknowledging -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The periodic update work: re-sign online roles, mirror releases, advance campaigns, send notices.
+"""The periodic update work: re-sign online roles, mirror releases, advance campaigns, assemble the
+milestone packages whose EOL/EOS date has come (SM-4), send notices.
 
 Each part runs in its own transaction, so one failing part does not hold back the others.
 """
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from medsec.errors import Error
 from medsec.server.context import ServerContext
 from medsec.server.notify import Channel, default_channels, deliver_due
+from medsec.server.services.milestones import assemble_due
 from medsec.server.services.update_campaigns import advance_all
 from medsec.server.services.updates import UpdateTrust, load_update_trust, maintain_repositories, sync_releases
 
@@ -69,6 +71,7 @@ class UpdateRuntime:
             ("repository upkeep", lambda s: maintain_repositories(s, ctx.audit, repo_dir, trust.image_online, now)),
             ("release sync", lambda s: sync_releases(s, ctx.audit, repo_dir, now)),
             ("campaigns", lambda s: advance_all(s, ctx.audit, now)),
+            ("milestone packages", lambda s: assemble_due(s, ctx.audit, now=now)),
         ):
             try:
                 with ctx.tx() as session:

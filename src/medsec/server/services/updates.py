@@ -39,6 +39,7 @@ from medsec.server.models_updates import (
     ReleaseDecision,
     RepositoryWarning,
 )
+from medsec.server.services import milestones
 from medsec.server.settings import Settings
 from medsec.updates.director import DirectorAssignment, DirectorRepository
 from medsec.updates.expiry import check_expiry
@@ -174,8 +175,12 @@ def maintain_repositories(
 
 
 def sync_releases(session: Session, audit: ServerAuditLog, repo_dir: Path, now: datetime) -> list[Release]:
-    """Upsert a ``published`` Release for every target the published snapshots reach; return the new ones."""
+    """Upsert a ``published`` Release for every target the published snapshots reach; return the new ones.
+
+    Each release published here gets its release milestone package (SM-2) in the same transaction.
+    """
     added: list[Release] = []
+    published: list[Release] = []
     for repo in products(repo_dir):
         try:
             targets = repo.published_targets()
@@ -237,6 +242,8 @@ def sync_releases(session: Session, audit: ServerAuditLog, repo_dir: Path, now: 
                     "sha256": digest,
                 },
             )
+            published.append(row)
+    milestones.assemble_published(session, audit, published, now=now)
     return added
 
 
