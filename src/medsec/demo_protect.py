@@ -20,11 +20,13 @@ which protections are off and why.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,19 @@ def _release_key(folder: Path) -> SigningKey:
     return SigningKey.load(path)
 
 
+def _interpreters() -> list[str]:
+    """The shells and Python: the system's, and the one the demo itself runs on (a venv's may be elsewhere).
+
+    Python is listed because the engine knows which file is a Python process's script (its first
+    argument after the options), so a clinical process reading ``--config clinical.json`` is not refused.
+    """
+    found = ["/usr/bin/dash", "/usr/bin/bash", "/usr/bin/python3*"]
+    ours = os.path.realpath(sys.executable)
+    if not fnmatch.fnmatch(ours, "/usr/bin/python3*"):
+        found.append(ours)
+    return found
+
+
 def _policy(hardware_id: str) -> dict[str, Any]:
     return {
         "format": "medsec-protect-policy/v1",
@@ -143,9 +158,9 @@ def _policy(hardware_id: str) -> dict[str, Any]:
         "mode": "enforce",
         "failure_mode": "fail_open",  # the demo must never lock the machine up
         "decision_deadline_ms": 250,
-        "interpreters": ["/usr/bin/dash", "/usr/bin/bash"],
+        "interpreters": _interpreters(),
         "loaders": [],
-        "script_suffixes": [".sh"],
+        "script_suffixes": [".sh", ".py"],
         "updater_sha256": "0" * 64,
         "excluded_paths": [],
         "memfd_noexec": None,  # a machine-wide sysctl: not the demo's to change
@@ -253,6 +268,7 @@ def on_tour(info: dict[str, Any]) -> str:
     return f"""Device protection (RL-1..3): each device enforces an allowlist on its own tmpfs ({MOUNT_REL}), fail_open.
 Try it on {device["serial"]} ({device["hospital"]}):
   cp /usr/bin/id {area}/incoming/unknown && {area}/incoming/unknown  # -> Operation not permitted
+  echo 'print("payload")' > {area}/incoming/evil.py && python3 {area}/incoming/evil.py  # -> refused too
   {area}/bin/pump-monitor && echo allowed                        # registered in advance: runs
   echo '{{"rate_ml_per_h": 1200}}' > {area}/etc/clinical.json; sleep 1; cat {area}/etc/clinical.json
                                                                       # -> restored to 120 by the agent

@@ -37,6 +37,9 @@ SERIAL = "SN-PROT-1"
 HARDWARE_ID = "hw-rev-b"
 CLINICAL_CONFIG = "opt/device/etc/clinical.json"
 TRUSTED = "opt/device/bin/pump-ctl"
+# Python is a listed interpreter again: scripts it runs from the device are checked, the data files
+# its clinical processes read (--config) are not (medsec.protect.engine.script_argument).
+INTERPRETERS = ["/usr/bin/dash", "/usr/bin/bash", "/usr/bin/python3*", os.path.realpath(sys.executable)]
 
 
 # -- helpers shared with tests/integration/test_protection_e2e.py -------------------------------------------
@@ -75,9 +78,9 @@ def policy_doc(version: int = 3, mode: str = "enforce", model: str = HARDWARE_ID
         "mode": mode,
         "failure_mode": "fail_closed",
         "decision_deadline_ms": 2000,
-        "interpreters": ["/usr/bin/dash", "/usr/bin/bash"],
+        "interpreters": INTERPRETERS,
         "loaders": [],
-        "script_suffixes": [".sh"],
+        "script_suffixes": [".sh", ".py"],
         "updater_sha256": "0" * 64,
         "excluded_paths": [],
         "memfd_noexec": None,
@@ -242,9 +245,21 @@ def test_protection_section_names_the_bad_field(tmp_path: Path) -> None:
         ({**base, "colour": "red"}, "protection.colour"),
         ({k: v for k, v in base.items() if k != "policy_file"}, "protection.policy_file"),
         ({k: v for k, v in base.items() if k != "product"}, "protection.product"),
+        ({**base, "port_policy_file": "ports.dsse"}, "protection.netns"),
+        ({**base, "port_policy_file": "ports.dsse", "netns": "dev ns"}, "protection.netns"),
+        (
+            {**base, "port_policy_file": "ports.dsse", "netns": "dev", "this_namespace": True},
+            "protection.this_namespace",
+        ),
+        ({**base, "this_namespace": "yes"}, "protection.this_namespace"),
     ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             parse_protection_section(tmp_path, bad)
+    # A port guard firewalls a named namespace, or this one only when asked for by name.
+    guarded = parse_protection_section(tmp_path, {**base, "port_policy_file": "ports.dsse", "netns": "device"})
+    assert guarded is not None and (guarded.netns, guarded.this_namespace) == ("device", False)
+    here = parse_protection_section(tmp_path, {**base, "port_policy_file": "ports.dsse", "this_namespace": True})
+    assert here is not None and (here.netns, here.this_namespace) == (None, True)
     # The product defaults to the update section's, as agent.json is usually written.
     assert parse_protection_section(tmp_path, {k: v for k, v in base.items() if k != "product"}, PRODUCT)
 
@@ -404,7 +419,9 @@ def test_without_fanotify_the_device_keeps_working_and_says_which_protections_ar
 @pytest.mark.timeout(60)
 def test_not_root_turns_allowlist_and_ports_off_and_reports_it(tmp_path: Path, release_key: SigningKey) -> None:
     root = tmp_path / "device"
-    build_device_root(root, release_key, server_url=unused_url(), port_policy_file="etc/medsec/ports.dsse")
+    build_device_root(
+        root, release_key, server_url=unused_url(), port_policy_file="etc/medsec/ports.dsse", netns="device"
+    )
     running = Running(root, is_root=lambda: False)
     try:
         entry = running.wait_for("protect.agent_error", "not_root")
@@ -416,6 +433,6 @@ def test_not_root_turns_allowlist_and_ports_off_and_reports_it(tmp_path: Path, r
         }
         assert running.service.engine is None
         state = running.service.engine_state()
-        assert state.mode == "monitor" and "not root" in state.policy_version
+        assert (state.mode, state.off_reason, state.policy_version) == ("off", "not root", "3")
     finally:
         running.close()

@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,18 @@ def test_demo_devices_enforce_on_their_own_tmpfs_and_mounts_are_removed(tmp_path
                 run_binary(unknown)
             assert refused.value.errno == errno.EPERM
             running.wait_for("protect.exec_denied")
+            # Python is a listed interpreter: a script dropped on the device does not run through it,
+            # while a Python process reading the clinical configuration is left alone.
+            evil = root / MOUNT_REL / "incoming/evil.py"
+            evil.write_text("print('payload ran')\n")
+            done = subprocess.run([sys.executable, str(evil)], capture_output=True, text=True, check=False, timeout=30)
+            assert done.returncode != 0 and "payload ran" not in done.stdout
+            assert "Operation not permitted" in done.stderr
+            running.wait_for("protect.open_denied", "interpreter_script_untrusted")
+            config = root / MOUNT_REL / "etc/clinical.json"
+            read = [sys.executable, "-c", "import sys; print(open(sys.argv[2]).read())", "--config", str(config)]
+            done = subprocess.run(read, capture_output=True, text=True, check=False, timeout=30)
+            assert done.returncode == 0 and "rate_ml_per_h" in done.stdout
         finally:
             running.close()
         assert "Operation not permitted" in protection.tour and "/protection" in protection.tour

@@ -187,10 +187,28 @@ def test_enforced_device_blocks_restores_reports_and_survives_a_kill(live_server
         with pytest.raises(PermissionError):
             run_binary(dropper)
 
+        # RL-3: Python is a listed interpreter, so a dropped script does not run through it either.
+        evil = root / "opt/device/tmp/evil.py"
+        staged = root.parent / "evil.py"
+        staged.write_text("print('payload ran')\n")
+        # Copied with cp: a listed interpreter (this test's Python) opening a .py file there is checked.
+        subprocess.run(["cp", str(staged), str(evil)], check=True, timeout=30)
+        done = subprocess.run([sys.executable, str(evil)], capture_output=True, text=True, check=False, timeout=30)
+        assert done.returncode != 0 and "payload ran" not in done.stdout
+        assert "Operation not permitted" in done.stderr
+        _wait(
+            lambda: _server_has(
+                url, a_token, lambda e: e["rule"] == "interpreter_script_untrusted" and e["object"]["path"] == str(evil)
+            ),
+            60,
+            "python script refusal on the server",
+        )
+
         # RL-1/RL-2: a changed configuration is detected and restored while the essential function beats on.
         heartbeat = root / "var/clinical/heartbeat"
         heartbeat.parent.mkdir(parents=True)
         options = ["--config", str(root / CLINICAL_CONFIG), "--heartbeat", str(heartbeat), "--interval", "0.05"]
+        # A Python process reading its --config on the device: a data file, not a script, so allowed.
         clinical = subprocess.Popen([sys.executable, "-m", "medsec.protect.clinical", *options])
         _wait(lambda: heartbeat.exists() and len(read_beats(heartbeat)) >= 10, 30, "clinical heartbeat")
         original = (root / CLINICAL_CONFIG).read_bytes()

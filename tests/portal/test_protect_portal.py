@@ -22,13 +22,14 @@ A_EXE, B_EXE = "/opt/device/tmp/a-dropper", "/opt/device/tmp/b-secret-dropper"
 pytestmark = [pytest.mark.req("RL-3"), pytest.mark.req("RL-1")]
 
 
-def _upload(base_url: str, device: Any, events: list[ProtectionEvent], seq: int) -> None:
+def _upload(
+    base_url: str, device: Any, events: list[ProtectionEvent], seq: int, engine: EngineState | None = None
+) -> None:
     metrics = Metrics()
     metrics.record("not_in_trustdb", 80, cache_hit=False, queue_depth=3)
     metrics.record("trustdb_hash", 4, cache_hit=True)
-    batch = build_batch(
-        device.serial, seq, int(time.time()), events, EngineState("enforce", "7", "2026.12.1"), metrics.snapshot()
-    )
+    engine = engine or EngineState("enforce", "7", "2026.12.1")
+    batch = build_batch(device.serial, seq, int(time.time()), events, engine, metrics.snapshot())
     body, signature = batch.sign(device.key)
     r = httpx.post(
         f"{base_url}/api/v1/devices/{device.serial}/protection-events",
@@ -99,6 +100,43 @@ def test_manufacturer_fleet_view_lists_every_hospital(
     assert A_SERIAL in fleet.text and B_SERIAL in fleet.text
     assert "Minato University Hospital" in fleet.text and "Sakura General Hospital" in fleet.text
     assert B_EXE in c.get(f"/devices/{B_SERIAL}/protection").text
+
+
+@pytest.mark.req("RL-1")
+def test_allowlisting_off_is_shown_with_its_reason_in_both_languages(
+    client_factory: Any, live_server: Any, totp: Any, protected: Any
+) -> None:
+    a = protected[A_SERIAL]
+    _upload(live_server.url, a, [], 2, EngineState("off", "7", "2026.12.1", off_reason="fanotify unavailable"))
+    c = client_factory(lang="en")
+    sign_in(c, live_server.seed.users["a-responsible"], totp)
+    page = c.get(f"/devices/{A_SERIAL}/protection")
+    assert page.status_code == 200
+    assert page.text.count("Allowlisting off: fanotify unavailable") == 2  # the alert and the mode
+    assert 'role="alert"' in page.text and "<dd>Enforce</dd>" not in page.text
+    assert "Allowlisting off: fanotify unavailable" in c.get("/protection").text
+    c.cookies.set("medsec_lang", "ja")
+    ja = c.get(f"/devices/{A_SERIAL}/protection")
+    assert "許可リスト制御停止中: fanotify unavailable" in ja.text
+    assert "許可リスト制御停止中: fanotify unavailable" in c.get("/protection").text
+    # Running again: the page says so and the warning is gone.
+    _upload(live_server.url, a, [], 3)
+    c.cookies.set("medsec_lang", "en")
+    again = c.get(f"/devices/{A_SERIAL}/protection")
+    assert "Allowlisting off" not in again.text and "<dd>Enforce</dd>" in again.text
+
+
+@pytest.mark.req("RL-1")
+def test_older_agent_off_report_is_shown_as_off(
+    client_factory: Any, live_server: Any, totp: Any, protected: Any
+) -> None:
+    """Agents before the explicit off mode sent monitor with "3 (off: not root)" as the version."""
+    _upload(live_server.url, protected[A_SERIAL], [], 2, EngineState("monitor", "3 (off: not root)", None))
+    c = client_factory(lang="en")
+    sign_in(c, live_server.seed.users["a-responsible"], totp)
+    page = c.get(f"/devices/{A_SERIAL}/protection")
+    assert "Allowlisting off: not root" in page.text and "<dd>Monitor</dd>" not in page.text
+    assert "<dd>3</dd>" in page.text  # the policy version without the reason
 
 
 @pytest.fixture

@@ -34,7 +34,10 @@ The section in ``agent.json``::
       "trustdb_file": null,                       # null: the active A/B slot's trust database
       "baseline_file": "etc/medsec/integrity-baseline.dsse",
       "known_good": ["slots/current", "var/lib/medsec/known-good"],
-      "port_policy_file": null, "netns": null, "sysfs_root": null,
+      "port_policy_file": null,                   # the signed port policy (PA-2), or null for none
+      "netns": "device",                          # the device's network namespace the guard firewalls,
+      "this_namespace": false,                    #   or true to firewall the agent's own namespace
+      "sysfs_root": null,
       "integrity_interval_seconds": 300, "port_check_seconds": 30,
       "reload_seconds": 5, "upload_seconds": 5, "report_seconds": 60, "queue_limit": 10000
     }
@@ -48,6 +51,7 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -68,7 +72,7 @@ from medsec.protect.engine import Engine
 from medsec.protect.errors import FanotifyError, PolicyError, ProtectError, TrustDatabaseError
 from medsec.protect.events import ProtectionEvent
 from medsec.protect.policy import Policy, load_policy
-from medsec.protect.wire import MAX_EVENTS, BatchFormatError, EngineState, build_batch
+from medsec.protect.wire import MAX_EVENTS, MAX_OFF_REASON, OFF, BatchFormatError, EngineState, build_batch
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ KEPT_POLICY = "policy.dsse"
 KEPT_TRUSTDB = "trustdb.dsse"
 MAX_SIGNED_FILE = 64 * 1024 * 1024
 STOP_JOIN_SECONDS = 10.0
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as ip-netns(8) names under /run/netns
+NETNS_DIR = Path("/run/netns")
 # Refusals after which the batch can never be accepted as it is: record it and move on.
 _FINAL_REFUSALS = frozenset({"bad_signature", "malformed_batch", "bad_event", "device_retired"})
 # Refusals that go away by themselves (enrollment pending, the server not knowing us yet).
@@ -109,6 +115,7 @@ _FIELDS = frozenset(
         "known_good",
         "port_policy_file",
         "netns",
+        "this_namespace",
         "sysfs_root",
         "integrity_interval_seconds",
         "port_check_seconds",
@@ -135,7 +142,8 @@ class ProtectionConfig:
     baseline_file: Path | None = None
     known_good: tuple[Path, ...] = ()
     port_policy_file: Path | None = None
-    netns: str | None = None
+    netns: str | None = None  # None with a port policy only when this_namespace is set
+    this_namespace: bool = False
     sysfs_root: Path | None = None
     integrity_interval_seconds: int = 300
     port_check_seconds: int = 30
@@ -167,9 +175,8 @@ def parse_protection_section(root: Path, value: Any, update_product: str | None 
         raise ConfigError("field 'protection.trust_keys' must be a non-empty list of key files")
     policy_file = _path(root, value, "policy_file", required=True)
     assert policy_file is not None
-    netns = value.get("netns")
-    if netns is not None and (not isinstance(netns, str) or not netns):
-        raise ConfigError("field 'protection.netns' must be a network namespace name or null")
+    port_policy_file = _path(root, value, "port_policy_file")
+    netns, this_namespace = _port_namespace(value, port_policy_file is not None)
     known_good = value.get("known_good", ["slots/current", "var/lib/medsec/known-good"])
     if not isinstance(known_good, list):
         raise ConfigError("field 'protection.known_good' must be a list of folders")
@@ -181,8 +188,9 @@ def parse_protection_section(root: Path, value: Any, update_product: str | None 
         trustdb_file=_path(root, value, "trustdb_file"),
         baseline_file=_path(root, value, "baseline_file"),
         known_good=tuple(_resolve(root, k, f"protection.known_good[{i}]") for i, k in enumerate(known_good)),
-        port_policy_file=_path(root, value, "port_policy_file"),
+        port_policy_file=port_policy_file,
         netns=netns,
+        this_namespace=this_namespace,
         sysfs_root=_path(root, value, "sysfs_root"),
         integrity_interval_seconds=_seconds(value, "integrity_interval_seconds", 300),
         port_check_seconds=_seconds(value, "port_check_seconds", 30),
@@ -191,6 +199,28 @@ def parse_protection_section(root: Path, value: Any, update_product: str | None 
         report_seconds=_seconds(value, "report_seconds", 60),
         queue_limit=_seconds(value, "queue_limit", 10000, high=1_000_000),
     )
+
+
+def _port_namespace(value: dict[str, Any], guarded: bool) -> tuple[str | None, bool]:
+    """Where the port guard applies its firewall: a named network namespace, or explicitly this one.
+
+    Without either, a port policy would default-deny the namespace the agent itself runs in (its
+    uplink to the server included), so a port policy needs one of them, and never both (PA-2).
+    """
+    netns = value.get("netns")
+    if netns is not None and (not isinstance(netns, str) or not _NETNS_NAME.match(netns)):
+        raise ConfigError("field 'protection.netns' must be a network namespace name (letters, digits, '.', '_', '-')")
+    this_namespace = value.get("this_namespace", False)
+    if not isinstance(this_namespace, bool):
+        raise ConfigError("field 'protection.this_namespace' must be true or false")
+    if netns is not None and this_namespace:
+        raise ConfigError("fields 'protection.netns' and 'protection.this_namespace' exclude each other")
+    if guarded and netns is None and not this_namespace:
+        raise ConfigError(
+            "field 'protection.netns' is required with a port policy (the device's network namespace); "
+            "set 'protection.this_namespace': true to firewall the namespace the agent runs in"
+        )
+    return netns, this_namespace
 
 
 def _resolve(root: Path, value: Any, name: str) -> Path:
@@ -737,6 +767,11 @@ class DeviceProtection:
             return "off: no port policy configured"
         if not root_ok:
             return "off: not root"
+        netns = self.config.netns
+        if netns is not None and not (NETNS_DIR / netns).exists():
+            why = f"network namespace {netns!r} does not exist"
+            self.sink(_agent_error("port_netns_missing", f"the port guard is off: {why} (ip netns list)"))
+            return f"off: {why}"
         from medsec.protect.drift import PortGuard
         from medsec.protect.ports import PolicyStore
 
@@ -755,7 +790,7 @@ class DeviceProtection:
             policy = kept
         guard = PortGuard(
             policy,
-            netns=self.config.netns,
+            netns=netns,  # None only with an explicit this_namespace
             sysfs_root=self.config.sysfs_root,
             state_path=self.store.dir / "port-drift.json",
         )
@@ -775,14 +810,23 @@ class DeviceProtection:
     # -- upload ----------------------------------------------------------------------------------------
 
     def engine_state(self) -> EngineState:
-        """What produced the batch; a policy that is not enforced says so in its version text."""
+        """What produced the batch: the engine's mode, or ``off`` with the reason it is not running."""
         policy = self.policy
         version = str(policy.version) if policy is not None else "none"
         trust = self.trust.version[:64] if self.trust is not None else None
         if self.engine is not None and policy is not None:
             return EngineState(policy.mode, version, trust)
-        reason = self.status.get("allowlist", "starting")
-        return EngineState("monitor", f"{version} ({reason})"[:64], trust)
+        return EngineState(OFF, version, trust, off_reason=self._off_reason())
+
+    def _off_reason(self) -> str:
+        """The allowlist status without its ``off:`` prefix ("not root", "fanotify unavailable"…)."""
+        status = self.status.get("allowlist")
+        if status is None:
+            return "starting" if not self._stop.is_set() else "stopped"
+        if status == "on":
+            return "stopped" if self._stop.is_set() else "restarting with a new policy"
+        reason = status.removeprefix("off:").strip()
+        return (reason or status)[:MAX_OFF_REASON]
 
     def _upload_loop(self) -> None:
         backoff = Backoff(1.0, 60.0, self._rng)

@@ -14,8 +14,10 @@ What is checked:
 
 * every exec of a file on the marked mount (``FAN_OPEN_EXEC_PERM``): its content must be trusted;
 * files opened on the mount by a listed interpreter (``FAN_OPEN_PERM`` with ``/proc/<pid>/exe``
-  matching the policy's interpreters) when they look like a script: named on the interpreter's
-  command line, ending in one of the policy's script suffixes, or starting with ``#!``;
+  matching the policy's interpreters) when they are a script: the script argument of the
+  interpreter's command line (:func:`script_argument`: the first argument after its options, so
+  ``python3 app.py --config data.json`` loads ``app.py`` and only reads ``data.json``), a file
+  ending in one of the policy's script suffixes, or one starting with ``#!``;
 * every file opened on the mount by a dynamic loader run directly (``ld-linux-x86-64.so.2 ./x``):
   the kernel sees only the loader's exec, the program is opened and mapped by the loader.
 
@@ -208,20 +210,125 @@ def _readlink(path: str) -> str | None:
         return None
 
 
-def _cmdline_paths(pid: int) -> set[str]:
-    """The absolute forms of the non-option arguments of ``pid``'s command line."""
+# Interpreter families by executable name, each with the options that mean "no script file" and
+# the options whose value is the next argument (when not attached), as their manuals define them.
+_PYTHON_NAMES = re.compile(r"^(?:python|pypy)[0-9.]*(?:[a-z]*)$")
+_SHELL_NAMES = frozenset({"sh", "ash", "dash", "bash", "ksh", "ksh93", "mksh", "zsh"})
+_PERL_NAMES = re.compile(r"^perl[0-9.]*$")
+
+
+@dataclass(frozen=True)
+class _Grammar:
+    """How one interpreter family reads its command line up to the script argument."""
+
+    no_script: frozenset[str]  # short options after which no script file is read (-c, -m, -e)
+    takes_value: frozenset[str]  # short options whose value is attached or the next argument
+    attached_only: frozenset[str]  # short options whose value, if any, is the rest of the same argument
+    long_with_value: frozenset[str]  # long options whose value is the next argument unless given with '='
+    plus_options: bool  # '+o opt' and friends (shells)
+    digit_options: frozenset[str] = frozenset()  # options followed by optional digits, then more options
+
+
+_PYTHON = _Grammar(
+    no_script=frozenset("cm"),
+    takes_value=frozenset("WX"),
+    attached_only=frozenset(),
+    long_with_value=frozenset({"--check-hash-based-pycs"}),
+    plus_options=False,
+)
+_SHELL = _Grammar(
+    no_script=frozenset("cs"),
+    takes_value=frozenset("oO"),
+    attached_only=frozenset(),
+    long_with_value=frozenset({"--rcfile", "--init-file"}),
+    plus_options=True,
+)
+_PERL = _Grammar(
+    no_script=frozenset("eE"),
+    takes_value=frozenset("I"),
+    attached_only=frozenset("ixdDCmMV"),
+    long_with_value=frozenset(),
+    plus_options=False,
+    digit_options=frozenset("0l"),  # perl -l012ne: the digits belong to -l, then -n and -e follow
+)
+_GENERIC = _Grammar(frozenset(), frozenset(), frozenset(), frozenset(), plus_options=False)
+
+
+def _grammar(exe: str) -> _Grammar:
+    name = exe.rsplit("/", 1)[-1]
+    if _PYTHON_NAMES.match(name):
+        return _PYTHON
+    if name in _SHELL_NAMES:
+        return _SHELL
+    if _PERL_NAMES.match(name):
+        return _PERL
+    return _GENERIC
+
+
+def _short_options(flags: str, grammar: _Grammar) -> tuple[bool, bool]:
+    """Read one group of short options (without its '-'): (no script file, next argument is a value)."""
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        i += 1
+        if flag in grammar.no_script:
+            return True, False
+        if flag in grammar.takes_value:
+            return False, i == len(flags)  # '-Wignore' carries its value, '-W ignore' does not
+        if flag in grammar.attached_only:
+            return False, False
+        if flag in grammar.digit_options:
+            while i < len(flags) and flags[i] in "0123456789abcdefxABCDEF":
+                i += 1
+    return False, False
+
+
+def script_argument(argv: list[str], exe: str) -> str | None:
+    """The script file an interpreter command line names, or None when it runs none.
+
+    The script is the first argument after the interpreter's options: ``-c``/``-m`` (python),
+    ``-c``/``-s`` (shells) and ``-e``/``-E`` (perl) mean no script file; the values of options
+    such as python's ``-W x``/``-X x`` or a shell's ``-o opt``/``+o opt`` are skipped; ``--``
+    (and a shell's lone ``-``) ends the options. A lone ``-`` for python means standard input.
+    ``argv[0]`` is the interpreter itself, as the kernel passes it (also for a ``#!`` script).
+    """
+    grammar = _grammar(exe)
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            return next(args, None)
+        if arg == "-":
+            return next(args, None) if grammar is _SHELL else None
+        if arg.startswith("--"):
+            if arg in grammar.long_with_value:
+                next(args, None)
+            continue
+        if arg.startswith("-") or (grammar.plus_options and arg.startswith("+") and len(arg) > 1):
+            no_script, value_follows = _short_options(arg[1:], grammar)
+            if no_script:
+                return None
+            if value_follows:
+                next(args, None)
+            continue
+        return arg
+    return None
+
+
+def _cmdline_script(pid: int, exe: str) -> str | None:
+    """The absolute path of the script ``pid`` (an interpreter) was started with, or None."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             raw = f.read(65536)
     except OSError:
-        return set()
+        return None
+    argv = [os.fsdecode(a) for a in raw.split(b"\0")]
+    if argv and argv[-1] == "":
+        argv.pop()  # the terminating NUL
+    script = script_argument(argv, exe)
+    if not script:
+        return None
     cwd = _readlink(f"/proc/{pid}/cwd") or "/"
-    paths: set[str] = set()
-    for arg in raw.split(b"\0")[1:]:
-        text = os.fsdecode(arg)
-        if text and not text.startswith("-"):
-            paths.add(os.path.normpath(os.path.join(cwd, text)))
-    return paths
+    return os.path.normpath(os.path.join(cwd, script))
 
 
 def _subject(pid: int, exe: str | None, *, with_hash: bool) -> Subject:
@@ -553,7 +660,10 @@ class Engine:
         path = pending.path or ""
         if path.endswith(self.policy.script_suffixes):
             return True
-        return path in _cmdline_paths(pending.event.pid)
+        script = _cmdline_script(pending.event.pid, exe)
+        if script is None:
+            return False  # a data file (a configuration named by --config, say) is not a script load
+        return path == script or (path == os.path.realpath(script))
 
     # -- workers: hashing and trust lookups --------------------------------------------------
 

@@ -10,6 +10,14 @@ A batch is canonical JSON (:func:`medsec.crypto.canonical_json`)::
      "metrics": Metrics snapshot (wire form) or null,
      "engine": {"mode": "enforce", "policy_version": "12", "trustdb_version": "2026.11.3" or null}}
 
+``engine.mode`` is ``learn``, ``monitor`` or ``enforce`` while the allowlisting engine runs, and
+``off`` when it could not start; an ``off`` engine carries ``off_reason`` (why, in words: "not
+root", "fanotify unavailable", "no verified trust database"…), which no other mode may carry::
+
+     "engine": {"mode": "off", "off_reason": "not root", "policy_version": "3", "trustdb_version": null}
+
+Batches from agents that predate ``off`` (no ``off_reason`` field) are accepted as they are.
+
 ``POST /api/v1/devices/{serial}/protection-events`` carries these bytes as the body and the
 device key's Ed25519 signature over ``CONTEXT + b"\\n" + body`` in ``X-Medsec-Device-Signature``
 (base64). The context string keeps a batch signature from ever passing as a check-in, an
@@ -51,6 +59,10 @@ _RULE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 BATCH_FIELDS = ("serial", "seq", "sent", "events", "metrics", "engine")
 ENGINE_FIELDS = ("mode", "policy_version", "trustdb_version")
+ENGINE_OPTIONAL_FIELDS = ("off_reason",)
+OFF = "off"
+ENGINE_MODES = (*MODES, OFF)
+MAX_OFF_REASON = 200
 METRICS_FIELDS = (
     "decisions",
     "cache_hits",
@@ -87,15 +99,28 @@ def _count(value: Any, field: str, *, minimum: int = 0) -> int:
 
 @dataclass(frozen=True)
 class EngineState:
-    """Which protection configuration produced the batch: mode and the versions in force."""
+    """Which protection configuration produced the batch: mode and the versions in force.
+
+    ``mode`` ``off`` says allowlisting is not running at all, and ``off_reason`` says why; a device
+    never reports a stopped engine as ``monitor``.
+    """
 
     mode: str
     policy_version: str
     trustdb_version: str | None = None
+    off_reason: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise _malformed("engine.mode", f"must be one of {', '.join(MODES)}")
+        if self.mode not in ENGINE_MODES:
+            raise _malformed("engine.mode", f"must be one of {', '.join(ENGINE_MODES)}")
+        reason = self.off_reason
+        if self.mode == OFF:
+            if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_OFF_REASON:
+                raise _malformed(
+                    "engine.off_reason", f"an off engine needs a reason of 1 to {MAX_OFF_REASON} characters"
+                )
+        elif reason is not None:
+            raise _malformed("engine.off_reason", f"only an off engine carries a reason (mode is {self.mode})")
         if not isinstance(self.policy_version, str) or not 0 < len(self.policy_version) <= MAX_VERSION:
             raise _malformed("engine.policy_version", f"must be a string of 1 to {MAX_VERSION} characters")
         tdb = self.trustdb_version
@@ -103,13 +128,29 @@ class EngineState:
             raise _malformed("engine.trustdb_version", f"must be null or a string of 1 to {MAX_VERSION} characters")
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "policy_version": self.policy_version, "trustdb_version": self.trustdb_version}
+        """The wire form; ``off_reason`` only on an off engine, so other batches keep their old shape."""
+        value: dict[str, Any] = {
+            "mode": self.mode,
+            "policy_version": self.policy_version,
+            "trustdb_version": self.trustdb_version,
+        }
+        if self.off_reason is not None:
+            value["off_reason"] = self.off_reason
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> EngineState:
-        if not isinstance(value, dict) or set(value) != set(ENGINE_FIELDS):
-            raise _malformed("engine", f"must be an object with exactly {', '.join(ENGINE_FIELDS)}")
-        return cls(value["mode"], value["policy_version"], value["trustdb_version"])
+        if not isinstance(value, dict) or not set(ENGINE_FIELDS) <= set(value) <= {
+            *ENGINE_FIELDS,
+            *ENGINE_OPTIONAL_FIELDS,
+        }:
+            raise _malformed(
+                "engine",
+                f"must be an object with {', '.join(ENGINE_FIELDS)} and, when off, {', '.join(ENGINE_OPTIONAL_FIELDS)}",
+            )
+        if "off_reason" in value and value["off_reason"] is None:
+            raise _malformed("engine.off_reason", "is left out rather than null")
+        return cls(value["mode"], value["policy_version"], value["trustdb_version"], value.get("off_reason"))
 
 
 def metrics_for_wire(snapshot: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from medsec.protect.wire import SIGNATURE_HEADER
 from medsec.server.api import ERRORS, Caller, Ctx, Str100
@@ -117,7 +117,8 @@ def device_protection_events(
 class StatusOut(BaseModel):
     serial: str
     reported: bool
-    mode: str | None
+    mode: str | None = Field(description="learn, monitor, enforce, or off when allowlisting is not running")
+    off_reason: str | None = Field(description="why allowlisting is off, as the device reported it (mode off only)")
     policy_version: str | None
     trustdb_version: str | None
     last_seq: int | None
@@ -134,6 +135,7 @@ def device_protection_status(serial: Str100, ctx: Ctx, caller: Caller) -> Status
         serial=view.serial,
         reported=view.reported,
         mode=view.mode,
+        off_reason=view.off_reason,
         policy_version=view.policy_version,
         trustdb_version=view.trustdb_version,
         last_seq=view.last_seq,
@@ -147,6 +149,7 @@ class FleetRowOut(BaseModel):
     serial: str
     hospital: str
     mode: str | None
+    off_reason: str | None
     policy_version: str | None
     blocked: int
     integrity: int
@@ -166,6 +169,7 @@ def protection_fleet(
             serial=r.serial,
             hospital=r.hospital_slug,
             mode=r.mode,
+            off_reason=r.off_reason,
             policy_version=r.policy_version,
             blocked=r.blocked,
             integrity=r.integrity,

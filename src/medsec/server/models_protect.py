@@ -1,6 +1,6 @@
 """Database schema of device protection reports: accepted batches, their events, the latest status.
 
-Kept apart from ``models.py`` so protection migrates on its own branch (revision 0006). Rows are
+Kept apart from ``models.py`` so protection migrates on its own branch (revisions 0006, 0010). Rows are
 written only from a batch verified with the device's key (:mod:`medsec.protect.wire`).
 ``organization_id`` is the device's hospital when the batch arrived, so a device later moved to
 another hospital never shows the new owner what happened at the old one.
@@ -65,12 +65,17 @@ class ProtectionEventRow(Base):
 
 
 class ProtectionStatus(Base):
-    """The latest engine state and counters a device reported (one row per device)."""
+    """The latest engine state and counters a device reported (one row per device).
+
+    ``mode`` is ``off`` when allowlisting was not running, with the device's ``off_reason``
+    (revision 0010); otherwise ``off_reason`` is null.
+    """
 
     __tablename__ = "protection_status"
 
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     mode: Mapped[str] = mapped_column(String(16))
+    off_reason: Mapped[str | None] = mapped_column(String(200))
     policy_version: Mapped[str] = mapped_column(String(64))
     trustdb_version: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -59,6 +59,7 @@ MODE_LABELS = {
     "learn": N_("Learn"),
     "monitor": N_("Monitor"),
     "enforce": N_("Enforce"),
+    "off": N_("Off"),
 }
 
 CATEGORY_LABELS = {

@@ -97,7 +97,8 @@ def test_non_canonical_body_is_refused():
     [
         (("seq",), 0, "seq"),
         (("sent",), "yesterday", "sent"),
-        (("engine", "mode"), "off", "engine.mode"),
+        (("engine", "mode"), "disabled", "engine.mode"),
+        (("engine", "mode"), "off", "engine.off_reason"),  # off is a state, but never without its reason
         (("metrics", "latency_counts"), [1, 2], "metrics.latency_counts"),
         (("metrics", "cache_hits"), True, "metrics.cache_hits"),
         (("serial",), "../etc", "serial"),

@@ -12,6 +12,7 @@ head last (as check-ins and campaign steps do), so concurrent batches cannot dea
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ from medsec.errors import (
 from medsec.protect.events import ACTIONS, CATEGORIES, LATENCY_BUCKETS_US
 from medsec.protect.wire import (
     MAX_BATCH_BYTES,
+    OFF,
     BatchFormatError,
     BatchReceipt,
+    EngineState,
     ProtectionBatch,
     batch_digest,
     parse_batch,
@@ -59,6 +62,8 @@ BLOCKED_ACTIONS = ("deny", "would_deny")
 INTEGRITY_ACTIONS = ("detected", "restored", "quarantined")
 DRIFT_CATEGORIES = ("port", "interface", "usb", "console")
 FLEET_DAYS = 7
+# How agents before the explicit "off" mode said allowlisting was off: mode monitor, "3 (off: not root)".
+_LEGACY_OFF = re.compile(r"^(?P<version>.*?) \(off: (?P<reason>.+)\)$")
 
 
 class BatchTooLarge(ServiceError):
@@ -211,15 +216,27 @@ def _store(
     if status is None:
         status = ProtectionStatus(device_id=device.id, metrics=None)
         session.add(status)
-    status.mode = batch.engine.mode
-    status.policy_version = batch.engine.policy_version
-    status.trustdb_version = batch.engine.trustdb_version
+    engine = reported_engine(batch.engine)
+    status.mode = engine.mode
+    status.off_reason = engine.off_reason
+    status.policy_version = engine.policy_version
+    status.trustdb_version = engine.trustdb_version
     if batch.metrics is not None:
         status.metrics = batch.metrics  # a batch without counters keeps the last snapshot
     status.last_seq = batch.seq
     status.updated_at = now
     session.flush()
     return row
+
+
+def reported_engine(engine: EngineState) -> EngineState:
+    """The engine state as stored: an older agent's ``monitor`` + "v (off: why)" is the off state it meant."""
+    if engine.mode != "monitor":
+        return engine
+    legacy = _LEGACY_OFF.match(engine.policy_version)
+    if legacy is None or not legacy["version"]:
+        return engine
+    return EngineState(OFF, legacy["version"], engine.trustdb_version, off_reason=legacy["reason"])
 
 
 def _event_rows(device: _Target, batch: ProtectionBatch, now: datetime) -> Iterable[dict[str, Any]]:
@@ -257,6 +274,7 @@ def _audit_details(serial: str, batch: ProtectionBatch, digest: str) -> dict[str
         "mode": batch.engine.mode,
         "policy_version": batch.engine.policy_version,
         "trustdb_version": batch.engine.trustdb_version,
+        **({"off_reason": batch.engine.off_reason} if batch.engine.off_reason is not None else {}),
     }
 
 
@@ -311,6 +329,7 @@ class StatusView:
     serial: str
     reported: bool
     mode: str | None = None
+    off_reason: str | None = None
     policy_version: str | None = None
     trustdb_version: str | None = None
     last_seq: int | None = None
@@ -358,6 +377,7 @@ def get_status(session: Session, actor: Principal, serial: str) -> StatusView:
         serial=device.serial,
         reported=True,
         mode=row.mode,
+        off_reason=row.off_reason,
         policy_version=row.policy_version,
         trustdb_version=row.trustdb_version,
         last_seq=row.last_seq,
@@ -372,6 +392,7 @@ class FleetRow:
     hospital: str
     hospital_slug: str
     mode: str | None
+    off_reason: str | None
     policy_version: str | None
     blocked: int
     integrity: int
@@ -410,6 +431,7 @@ def fleet_summary(
                 hospital=device.hospital.name,
                 hospital_slug=device.hospital.slug,
                 mode=s.mode if s else None,
+                off_reason=s.off_reason if s else None,
                 policy_version=s.policy_version if s else None,
                 blocked=int(c.blocked) if c else 0,
                 integrity=int(c.integrity) if c else 0,
