@@ -74,6 +74,7 @@ def _settings(options: DemoOptions) -> Any:
         public_url=options.url,
         checkin_interval_seconds=options.checkin_interval_seconds,
         witness_keys=[_witness(options).vkey],
+        display_timezone="Asia/Tokyo",  # the demo hospitals are in Japan
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ DATA = Path(__file__).parent.parent / "data" / "sbom"
 
 MEDICAL_EXTENDED = DATA / "medical-device" / "extended.sbom.json"
 MEDICAL_NARROW = DATA / "medical-device" / "narrow.sbom.json"
-DEBIAN_XML = DATA / "cyclonedx" / "postgres-11.15-stretch.syft.cdx.xml"
+# The one stored copy of the Debian 9 SBOM is the demo's (medsec/server/demo_data/README.md has its source).
+DEBIAN_XML = Path(str(files("medsec.server").joinpath("demo_data/sbom/postgres-11.15-stretch.syft.cdx.xml")))
 ALPINE_XML = DATA / "cyclonedx" / "alpine.cdx.xml"
 CDX12_JSON = DATA / "cyclonedx" / "cern-lhc-vdm-editor-e564943.bom.json"
 CDX12_XML = DATA / "cyclonedx" / "cern-lhc-vdm-editor-e564943.bom.xml"

@@ -1,20 +1,24 @@
-"""Helpers for the vulnerability tests: the copied feed data (tests/data/vulns/README.md) and the Debian 9 SBOM."""
+"""Helpers for the vulnerability tests: the copied feed data (tests/data/vulns/README.md) and the Debian 9 SBOM
+(the demo data copy in the package)."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from importlib.resources import files
 from pathlib import Path
 
 from medsec.sbom.model import Component, ComponentKind, ComponentRef
 
 DATA = Path(__file__).parent.parent / "data" / "vulns"
+# The one stored copy of the Debian 9 SBOM is the demo's (medsec/server/demo_data/README.md has its source).
+STRETCH_SBOM = Path(str(files("medsec.server").joinpath("demo_data/sbom/postgres-11.15-stretch.syft.cdx.xml")))
 _CDX = "{http://cyclonedx.org/schema/bom/1.4}"
 
 
 def stretch_components() -> list[Component]:
     """Every component of the postgres:11.15-stretch SBOM (132 deb packages, 3 Go modules, postgresql), built
     from their purls; the SBOM readers are tested in tests/sbom, this keeps the matcher tests independent."""
-    root = ET.parse(DATA / "sbom" / "postgres-11.15-stretch.syft.cdx.xml").getroot()
+    root = ET.parse(STRETCH_SBOM).getroot()
     components = []
     for element in root.iter(f"{_CDX}component"):
         purl = element.findtext(f"{_CDX}purl")

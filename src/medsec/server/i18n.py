@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from io import BytesIO
 from pathlib import Path
 
@@ -112,15 +112,21 @@ def choose_language(cookie: str | None, user_locale: str | None, accept_language
 
 @dataclass(frozen=True)
 class DateFormatter:
-    """Locale-aware timestamps. Times are shown in UTC and say so, so that staff at different
-    sites and the manufacturer read the same clock."""
+    """Locale-aware timestamps in the server's display time zone, always followed by the zone's abbreviation
+    (``2025/04/01 18:30:05 JST``), so staff at different sites and the manufacturer know which clock they read.
+
+    The default zone is UTC; the API and every exported document stay in UTC whatever the portal shows.
+    """
 
     language: str
+    zone: tzinfo = UTC
 
     def timestamp(self, value: datetime | None) -> str:
         if value is None:
             return ""
-        return f"{format_datetime(value.astimezone(UTC), format='medium', tzinfo=UTC, locale=self.language)} UTC"
+        local = value.astimezone(self.zone)
+        shown = format_datetime(local, format="medium", tzinfo=self.zone, locale=self.language)
+        return f"{shown} {local.tzname() or self.zone}"
 
     def ago(self, value: datetime | None, now: datetime | None = None) -> str:
         if value is None:

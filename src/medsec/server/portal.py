@@ -13,12 +13,12 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from babel.support import Translations
@@ -370,7 +370,7 @@ def _render(
         viewer=state.viewer,
         here=state.here,
         notices=state.notices,
-        dates=i18n.DateFormatter(state.language),
+        dates=i18n.DateFormatter(state.language, _ctx(request).settings.display_zone),
         now=datetime.now(UTC),
         role_label=role_label,
         status_label=status_label,
@@ -425,6 +425,49 @@ def _unit_of_work(request: Request) -> Iterator[Session]:
 
 
 FormStr = Annotated[str, Form()]
+
+Result = TypeVar("Result")
+Refused = Callable[[Auth, ServiceError], Response]
+
+
+def form_action(
+    request: Request,
+    csrf_token: str,
+    action: Callable[[Session, Auth], Result],
+    *,
+    done: Callable[[Result], Response],
+    refused: Refused,
+) -> Response:
+    """The shape of a portal form post: sign in, check the CSRF token, run ``action`` in one transaction,
+    then answer with ``done(result)`` (usually a redirect, so a reload does not post again).
+
+    A ServiceError from ``action`` rolls the transaction back, reaches the audit log if it is an
+    AuditedRefusal (in its own transaction), and is answered by ``refused(auth, error)``. Only the plain
+    values of that ``auth`` (``viewer``, ``language``) are safe to use: its rows left with the transaction.
+    """
+    ctx = _ctx(request)
+    auth: Auth | None = None
+    try:
+        with ctx.tx() as db:
+            auth = _signed_in(request, db)
+            _check_csrf(request, auth, csrf_token)
+            result = action(db, auth)
+    except ServiceError as e:
+        if isinstance(e, AuditedRefusal):
+            _record_refusal(ctx, e)
+        assert auth is not None  # signing in and the CSRF check leave with PortalExit, never ServiceError
+        return refused(auth, e)
+    return done(result)
+
+
+def refused_with_error_page(request: Request, here: str) -> Refused:
+    """A ``refused`` for forms whose refusal is a page of its own (status and text from the error)."""
+
+    def page(auth: Auth, error: ServiceError) -> Response:
+        state = PageState(language=auth.language, viewer=auth.viewer, here=here)
+        return _error_page(request, state, error)
+
+    return page
 
 
 # -- language and landing ------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ file a request and a work report here too. Routes only speak HTTP: tenant scope 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from medsec.errors import InvalidRequest, NotFound, PermissionDenied, ServiceError
 from medsec.server.i18n import N_
@@ -21,10 +23,10 @@ from medsec.server.models import Role
 from medsec.server.models_remote import RemoteSession
 from medsec.server.portal import (
     SERVICE_MESSAGES,
+    Auth,
     FormStr,
     Notice,
     PageState,
-    _check_csrf,
     _error_page,
     _here,
     _record_refusal,
@@ -34,6 +36,8 @@ from medsec.server.portal import (
     _signed_in,
     _ui,
     _unit_of_work,
+    form_action,
+    refused_with_error_page,
     safe_next,
 )
 from medsec.server.remote_authority import load_remote_keys
@@ -214,37 +218,35 @@ def request_session(
         "window_minutes": window_minutes,
         "emergency": emergency,
     }
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            now = _now()
-            row = remote.request_session(
-                db,
-                ctx.audit,
-                auth.principal,
-                serial=device.strip()[:100],
-                purpose=_text(purpose),
-                planned_work=_text(planned_work),
-                expected_impact=_text(expected_impact),
-                expected_downtime_minutes=_minutes(expected_downtime_minutes, 0, 24 * 60),
-                rollback=_text(rollback),
-                shell=bool(shell),
-                file_transfer=bool(file_transfer),
-                ports=_ports(ports),
-                window_start=now,
-                window_end=now + _minutes(window_minutes, 1, 24 * 60) * 60,
-                emergency=bool(emergency),
-                now=now,
-            )
-            new_id = row.id
-    except ServiceError as e:
-        if isinstance(e, AuditedRefusal):
-            _record_refusal(ctx, e)
-        with _unit_of_work(request) as db:
-            language = _signed_in(request, db).language
-        return _new_page(request, form, [_service_notice(_ui(request), language, e)], status_code=e.status)
-    return _redirect(f"/maintenance/{new_id}")
+
+    def submit(db: Session, auth: Auth) -> str:
+        now = _now()
+        row = remote.request_session(
+            db,
+            ctx.audit,
+            auth.principal,
+            serial=device.strip()[:100],
+            purpose=_text(purpose),
+            planned_work=_text(planned_work),
+            expected_impact=_text(expected_impact),
+            expected_downtime_minutes=_minutes(expected_downtime_minutes, 0, 24 * 60),
+            rollback=_text(rollback),
+            shell=bool(shell),
+            file_transfer=bool(file_transfer),
+            ports=_ports(ports),
+            window_start=now,
+            window_end=now + _minutes(window_minutes, 1, 24 * 60) * 60,
+            emergency=bool(emergency),
+            now=now,
+        )
+        return row.id
+
+    def refused(auth: Auth, e: ServiceError) -> Response:
+        return _new_page(request, form, [_service_notice(_ui(request), auth.language, e)], status_code=e.status)
+
+    return form_action(
+        request, csrf_token, submit, done=lambda new_id: _redirect(f"/maintenance/{new_id}"), refused=refused
+    )
 
 
 def _session_page(
@@ -315,53 +317,49 @@ def session_action(
 ) -> Response:
     ctx = request.app.state.ctx
     sid = session_id[:MAX_ID]
-    local_code = None
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            p = auth.principal
-            now = _now()
-            if action == "approve":
-                remote.approve(db, ctx.audit, p, sid, comment=comment[:MAX_TEXT], now=now)
-            elif action == "reject":
-                remote.reject(db, ctx.audit, p, sid, reason=_text(reason), now=now)
-            elif action == "revoke":
-                remote.revoke(db, ctx.audit, p, sid, reason=_text(reason), now=now)
-            elif action == "report":
-                remote.submit_report(
-                    db,
-                    ctx.audit,
-                    p,
-                    sid,
-                    work_done=_text(work_done),
-                    results=_text(results),
-                    verification=_text(verification),
-                    now=now,
-                )
-            elif action == "local-code":
-                keys = load_remote_keys(ctx.settings)
-                local_code = remote.local_maintenance_code(db, ctx.audit, p, keys.approval_key, sid, now=now)
-            elif action == "confirm":
-                remote.confirm_end(db, ctx.audit, p, sid, outcome=outcome, comment=comment[:MAX_TEXT], now=now)
-            else:
-                remote.get_session(db, p, sid)
-                raise InvalidRequest("unknown_action", "unknown maintenance action")
-    except ServiceError as e:
-        if isinstance(e, AuditedRefusal):
-            _record_refusal(ctx, e)
+
+    def act(db: Session, auth: Auth) -> tuple[str, datetime] | None:
+        p = auth.principal
+        now = _now()
+        if action == "approve":
+            remote.approve(db, ctx.audit, p, sid, comment=comment[:MAX_TEXT], now=now)
+        elif action == "reject":
+            remote.reject(db, ctx.audit, p, sid, reason=_text(reason), now=now)
+        elif action == "revoke":
+            remote.revoke(db, ctx.audit, p, sid, reason=_text(reason), now=now)
+        elif action == "report":
+            remote.submit_report(
+                db,
+                ctx.audit,
+                p,
+                sid,
+                work_done=_text(work_done),
+                results=_text(results),
+                verification=_text(verification),
+                now=now,
+            )
+        elif action == "local-code":
+            keys = load_remote_keys(ctx.settings)
+            return remote.local_maintenance_code(db, ctx.audit, p, keys.approval_key, sid, now=now)
+        elif action == "confirm":
+            remote.confirm_end(db, ctx.audit, p, sid, outcome=outcome, comment=comment[:MAX_TEXT], now=now)
+        else:
+            remote.get_session(db, p, sid)
+            raise InvalidRequest("unknown_action", "unknown maintenance action")
+        return None
+
+    def done(local_code: tuple[str, datetime] | None) -> Response:
+        if local_code is not None:
+            return _session_page(request, sid, local_code=local_code)
+        return _redirect(f"/maintenance/{sid}")
+
+    def refused(auth: Auth, e: ServiceError) -> Response:
         if e.status == 404:
-            with _unit_of_work(request) as db:
-                auth = _signed_in(request, db)
-            state = PageState(language=auth.language, viewer=auth.viewer, here="/maintenance")
-            return _error_page(request, state, e)
-        with _unit_of_work(request) as db:
-            language = _signed_in(request, db).language
-        notice = _service_notice(_ui(request), language, e)
+            return refused_with_error_page(request, "/maintenance")(auth, e)
+        notice = _service_notice(_ui(request), auth.language, e)
         return _session_page(request, sid, [notice], status_code=e.status)
-    if local_code is not None:
-        return _session_page(request, sid, local_code=local_code)
-    return _redirect(f"/maintenance/{sid}")
+
+    return form_action(request, csrf_token, act, done=done, refused=refused)
 
 
 # -- recordings and the service report --------------------------------------------------------------------

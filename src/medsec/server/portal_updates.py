@@ -11,16 +11,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from medsec.errors import InvalidRequest, ServiceError
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.portal import (
     SERVICE_MESSAGES,
+    Auth,
     FormStr,
     Notice,
     PageState,
-    _check_csrf,
+    Refused,
     _error_page,
     _here,
     _redirect,
@@ -29,10 +31,11 @@ from medsec.server.portal import (
     _signed_in,
     _ui,
     _unit_of_work,
+    form_action,
+    refused_with_error_page,
 )
 from medsec.server.services import update_campaigns as campaigns
 from medsec.server.services import update_hospital as hospital
-from medsec.server.services.accounts import AuditedRefusal
 from medsec.updates.window import DAYS
 
 router = APIRouter(include_in_schema=False)
@@ -145,28 +148,23 @@ def save_window(
     duration_minutes: FormStr = "",
 ) -> Response:
     ctx = request.app.state.ctx
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            chosen = [d for d in (days or []) if d]
-            if not duration_minutes.isdigit():
-                raise InvalidRequest("invalid_window", "duration_minutes must be a number")
-            rule = {"days": chosen, "start": start, "duration_minutes": int(duration_minutes)}
-            hospital.set_window(
-                db,
-                ctx.audit,
-                auth.principal,
-                hospital=auth.viewer.organization_slug,
-                site=site or None,
-                timezone=timezone,
-                weekly=[rule],
-            )
-    except ServiceError as e:
-        with _unit_of_work(request) as db:
-            auth = _signed_in(request, db)
-        return _updates_page(request, [_service_notice(_ui(request), auth.language, e)], status_code=e.status)
-    return _redirect("/updates?saved=1")
+
+    def save(db: Session, auth: Auth) -> None:
+        chosen = [d for d in (days or []) if d]
+        if not duration_minutes.isdigit():
+            raise InvalidRequest("invalid_window", "duration_minutes must be a number")
+        rule = {"days": chosen, "start": start, "duration_minutes": int(duration_minutes)}
+        hospital.set_window(
+            db,
+            ctx.audit,
+            auth.principal,
+            hospital=auth.viewer.organization_slug,
+            site=site or None,
+            timezone=timezone,
+            weekly=[rule],
+        )
+
+    return form_action(request, csrf_token, save, done=_saved, refused=_refused_on_updates_page(request))
 
 
 @router.post("/updates/releases/{product}/{version}/decision")
@@ -180,32 +178,40 @@ def decide_release(
     note: FormStr = "",
 ) -> Response:
     ctx = request.app.state.ctx
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            release = hospital.get_visible_release(db, auth.principal, product[:100], version[:100])
-            until = None
-            if decision == "postpone":
-                days = int(postpone_days) if postpone_days.isdigit() else 0
-                if not 1 <= days <= 365:
-                    raise InvalidRequest("invalid_decision", "postpone by 1 to 365 days")
-                until = datetime.now(UTC) + timedelta(days=days)
-            hospital.decide_release(
-                db,
-                ctx.audit,
-                auth.principal,
-                hospital=auth.viewer.organization_slug,
-                release=release,
-                decision=decision,
-                postponed_until=until,
-                note=note,
-            )
-    except ServiceError as e:
-        with _unit_of_work(request) as db:
-            auth = _signed_in(request, db)
-        return _updates_page(request, [_service_notice(_ui(request), auth.language, e)], status_code=e.status)
+
+    def decide(db: Session, auth: Auth) -> None:
+        release = hospital.get_visible_release(db, auth.principal, product[:100], version[:100])
+        until = None
+        if decision == "postpone":
+            days = int(postpone_days) if postpone_days.isdigit() else 0
+            if not 1 <= days <= 365:
+                raise InvalidRequest("invalid_decision", "postpone by 1 to 365 days")
+            until = datetime.now(UTC) + timedelta(days=days)
+        hospital.decide_release(
+            db,
+            ctx.audit,
+            auth.principal,
+            hospital=auth.viewer.organization_slug,
+            release=release,
+            decision=decision,
+            postponed_until=until,
+            note=note,
+        )
+
+    return form_action(request, csrf_token, decide, done=_saved, refused=_refused_on_updates_page(request))
+
+
+def _saved(_result: None) -> Response:
     return _redirect("/updates?saved=1")
+
+
+def _refused_on_updates_page(request: Request) -> Refused:
+    """Hospital forms answer a refusal on the updates page itself, with the reason as a notice."""
+
+    def page(auth: Auth, error: ServiceError) -> Response:
+        return _updates_page(request, [_service_notice(_ui(request), auth.language, error)], status_code=error.status)
+
+    return page
 
 
 # -- manufacturer: campaigns ----------------------------------------------------------------------
@@ -248,33 +254,33 @@ def create_campaign(
     success_threshold: FormStr = "100",
 ) -> Response:
     ctx = request.app.state.ctx
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            product, _, version = release.partition(" ")
-            spec: list[Any] = [int(g) if g.isdigit() else g for g in (x.strip() for x in groups.split(",")) if g]
-            if not (error_threshold.isdigit() and success_threshold.isdigit()):
-                raise InvalidRequest("invalid_threshold", "thresholds are whole percentages")
-            c = campaigns.create_campaign(
-                db,
-                ctx.audit,
-                auth.principal,
-                name=name,
-                product=product,
-                version=version,
-                selection=campaigns.Selection(hospitals=tuple(h.strip() for h in hospitals.split(",") if h.strip())),
-                groups=spec,
-                success_threshold=int(success_threshold),
-                error_threshold=int(error_threshold),
-            )
-            new_id = c.id
-    except ServiceError as e:
-        with _unit_of_work(request) as db:
-            auth = _signed_in(request, db)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/campaigns")
-        return _error_page(request, state, e)
-    return _redirect(f"/campaigns/{new_id}")
+
+    def create(db: Session, auth: Auth) -> int:
+        product, _, version = release.partition(" ")
+        spec: list[Any] = [int(g) if g.isdigit() else g for g in (x.strip() for x in groups.split(",")) if g]
+        if not (error_threshold.isdigit() and success_threshold.isdigit()):
+            raise InvalidRequest("invalid_threshold", "thresholds are whole percentages")
+        c = campaigns.create_campaign(
+            db,
+            ctx.audit,
+            auth.principal,
+            name=name,
+            product=product,
+            version=version,
+            selection=campaigns.Selection(hospitals=tuple(h.strip() for h in hospitals.split(",") if h.strip())),
+            groups=spec,
+            success_threshold=int(success_threshold),
+            error_threshold=int(error_threshold),
+        )
+        return c.id
+
+    return form_action(
+        request,
+        csrf_token,
+        create,
+        done=lambda new_id: _redirect(f"/campaigns/{new_id}"),
+        refused=refused_with_error_page(request, "/campaigns"),
+    )
 
 
 @router.get("/campaigns/{campaign_id}")
@@ -327,22 +333,18 @@ def campaign_action(request: Request, campaign_id: str, action: str, csrf_token:
         "resume": campaigns.resume_campaign,
         "cancel": campaigns.cancel_campaign,
     }
-    try:
-        with ctx.tx() as db:
-            auth = _signed_in(request, db)
-            _check_csrf(request, auth, csrf_token)
-            c = campaigns.get_campaign(db, auth.principal, campaign_id[:12], lock=True)
-            if action not in actions:
-                raise InvalidRequest("unknown_action", "unknown campaign action")
-            actions[action](db, ctx.audit, auth.principal, c)
-            cid = c.id
-    except ServiceError as e:
-        if isinstance(e, AuditedRefusal):
-            from medsec.server.app import record_refusal
 
-            record_refusal(ctx, e)
-        with _unit_of_work(request) as db:
-            auth = _signed_in(request, db)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/campaigns")
-        return _error_page(request, state, e)
-    return _redirect(f"/campaigns/{cid}")
+    def act(db: Session, auth: Auth) -> int:
+        c = campaigns.get_campaign(db, auth.principal, campaign_id[:12], lock=True)
+        if action not in actions:
+            raise InvalidRequest("unknown_action", "unknown campaign action")
+        actions[action](db, ctx.audit, auth.principal, c)
+        return c.id
+
+    return form_action(
+        request,
+        csrf_token,
+        act,
+        done=lambda cid: _redirect(f"/campaigns/{cid}"),
+        refused=refused_with_error_page(request, "/campaigns"),
+    )

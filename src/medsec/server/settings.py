@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +72,24 @@ class Settings(BaseSettings):
         default=None, description="https URL the CSAF provider tree is served under; default public_url"
     )
     psirt_key_passphrase: str = Field(default="", repr=False, description="passphrase of the PSIRT OpenPGP key")
+    display_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone the portal shows times in (e.g. Asia/Tokyo); the API always answers in UTC",
+    )
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # Refuse at startup rather than on the first page view.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown IANA time zone {value!r}") from e
+        return value
+
+    @property
+    def display_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.display_timezone)
 
     @property
     def keys_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from importlib.resources import files
 from pathlib import Path
 
 from sqlalchemy import select
@@ -14,7 +15,8 @@ from medsec.server.seed import MODEL
 from medsec.server.services import devices, lifecycle_plans, sboms
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-SBOM = DATA / "vulns" / "sbom" / "postgres-11.15-stretch.syft.cdx.xml"
+# The one stored copy of the Debian 9 SBOM is the demo's (medsec/server/demo_data/README.md has its source).
+SBOM = Path(str(files("medsec.server").joinpath("demo_data/sbom/postgres-11.15-stretch.syft.cdx.xml")))
 PRODUCT = MODEL["product"]
 OTHER_PRODUCT = "ventilator"
 EOL = dt.date(2030, 1, 31)

@@ -71,7 +71,7 @@ def test_supplier_sbom_is_kept_apart_with_provenance_and_quality(ctx):
             "maker-psirt",
             product="infusion-pump",
             version="1.0",
-            path=SBOM.parents[2] / "sbom" / "spdx" / "SPDXJSONExample-v2.3.spdx.json",
+            path=DATA / "sbom" / "spdx" / "SPDXJSONExample-v2.3.spdx.json",
             supplier="Example Supplier",
         )
         assert not own.from_supplier and supplier.from_supplier and supplier.supplier == "Example Supplier"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib.resources import files
 from pathlib import Path
 
 from sqlalchemy import select
@@ -12,7 +13,8 @@ from medsec.server.models import Device, Release
 from medsec.server.services import feeds, findings, sboms
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-SBOM = DATA / "vulns" / "sbom" / "postgres-11.15-stretch.syft.cdx.xml"
+# The one stored copy of the Debian 9 SBOM is the demo's (medsec/server/demo_data/README.md has its source).
+SBOM = Path(str(files("medsec.server").joinpath("demo_data/sbom/postgres-11.15-stretch.syft.cdx.xml")))
 DEBIAN = DATA / "vulns" / "osv" / "debian"
 DLAS = ("DLA-3008-1.json", "DLA-3012-1.json", "DLA-3022-1.json", "DLA-3051-1.json")
 PRODUCT = "infusion-pump"
