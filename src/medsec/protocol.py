@@ -34,7 +34,7 @@ from typing import Any
 
 from medsec.crypto.canonical import canonical_json
 from medsec.crypto.keys import SigningKey, VerifyKey
-from medsec.errors import ProtocolError, SignatureError
+from medsec.errors import ProtocolError
 
 ENROLL_CONTEXT = b"medsec-enroll-v1"
 CHECKIN_CONTEXT = b"medsec-checkin-v1"
@@ -76,6 +76,28 @@ CHECKIN_ERRORS: dict[str, int] = {
 }
 
 MAX_FIELD = 256
+# Bounds of a check-in body (the server's OpenAPI document states the same numbers).
+MAX_ID_FIELD = 100  # serial, hardware id, installed version
+MAX_TOKEN_FIELD = 64  # agent state, nonce, one consistency-proof hash, campaign
+MAX_CHECKPOINT = 8192
+MAX_PROOF_HASHES = 64
+MAX_SIGNATURE = 128
+MAX_JSON_INT = 2**53 - 1  # the largest integer every JSON reader keeps exact (RFC 8259 section 6)
+REPORT_FIELDS = frozenset(
+    {
+        "serial",
+        "hardware_id",
+        "installed_version",
+        "agent_state",
+        "counter",
+        "nonce",
+        "sent_at",
+        "log_checkpoint",
+        "log_consistency_proof",
+        "update",
+    }
+)
+REQUIRED_REPORT_FIELDS = REPORT_FIELDS - {"log_checkpoint", "log_consistency_proof", "update"}
 
 
 def _b64(data: bytes) -> str:
@@ -117,9 +139,11 @@ def normalize_update(value: Any) -> dict[str, Any] | None:
     if out["state"] not in UPDATE_STATES:
         raise ProtocolError("update.state is not a known update state")
     counter = out["release_counter"]
-    if counter is not None and (not isinstance(counter, int) or isinstance(counter, bool) or counter < 0):
+    if counter is not None and (
+        not isinstance(counter, int) or isinstance(counter, bool) or not 0 <= counter <= MAX_JSON_INT
+    ):
         raise ProtocolError("update.release_counter must be a non-negative integer")
-    for name, limit in (("target", MAX_FIELD), ("campaign", 64), ("reason", MAX_REASON)):
+    for name, limit in (("target", MAX_FIELD), ("campaign", MAX_TOKEN_FIELD), ("reason", MAX_REASON)):
         text = out[name]
         if text is not None and (not isinstance(text, str) or len(text) > limit):
             raise ProtocolError(f"update.{name} must be a string of at most {limit}")
@@ -193,33 +217,87 @@ class VersionReport:
         return {"report": body, "signature": _b64(key.sign(signed_bytes(CHECKIN_CONTEXT, body)))}
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> VersionReport:
-        try:
-            fields = dict(body)
-            fields["log_consistency_proof"] = tuple(fields.get("log_consistency_proof") or ())
-            fields["update"] = normalize_update(fields.get("update"))
-            report = cls(**fields)
-        except TypeError as e:
-            raise ProtocolError(f"report has unexpected or missing fields: {e}") from e
-        for name in ("serial", "hardware_id", "installed_version", "agent_state", "nonce"):
-            value = getattr(report, name)
-            if not isinstance(value, str) or not value or len(value) > MAX_FIELD:
-                raise ProtocolError(f"report field {name!r} must be a non-empty string of at most {MAX_FIELD}")
-        if not isinstance(report.counter, int) or isinstance(report.counter, bool) or report.counter < 1:
-            raise ProtocolError("report field 'counter' must be a positive integer")
-        if not isinstance(report.sent_at, int) or isinstance(report.sent_at, bool):
-            raise ProtocolError("report field 'sent_at' must be an integer")
-        return report
+    def from_json(cls, body: Any) -> VersionReport:
+        """The one parser of a report, for the server and for tests: exact field names, JSON types without
+        coercion, and the bounds above. Raises ProtocolError naming the field."""
+        if not isinstance(body, dict):
+            raise ProtocolError("report must be an object")
+        unknown = set(body) - REPORT_FIELDS
+        if unknown:
+            raise ProtocolError(f"report has unknown fields: {sorted(unknown)}")
+        missing = REQUIRED_REPORT_FIELDS - set(body)
+        if missing:
+            raise ProtocolError(f"report is missing fields: {sorted(missing)}")
+        checkpoint = body.get("log_checkpoint")
+        if checkpoint is not None and (not isinstance(checkpoint, str) or len(checkpoint) > MAX_CHECKPOINT):
+            raise ProtocolError(f"report field 'log_checkpoint' must be a string of at most {MAX_CHECKPOINT}")
+        return cls(
+            serial=_text(body, "serial", MAX_ID_FIELD),
+            hardware_id=_text(body, "hardware_id", MAX_ID_FIELD),
+            installed_version=_text(body, "installed_version", MAX_ID_FIELD),
+            agent_state=_text(body, "agent_state", MAX_TOKEN_FIELD),
+            counter=_integer(body, "counter", 1),
+            nonce=_text(body, "nonce", MAX_TOKEN_FIELD),
+            sent_at=_integer(body, "sent_at", 0),
+            log_checkpoint=checkpoint,
+            log_consistency_proof=_proof(body.get("log_consistency_proof", [])),
+            update=normalize_update(body.get("update")),
+        )
+
+    def verify_signature(self, signature_b64: str, key: VerifyKey) -> None:
+        """Raise SignatureError unless ``signature_b64`` is ``key``'s signature over this report."""
+        key.verify(b64decode_field(signature_b64, "signature"), signed_bytes(CHECKIN_CONTEXT, self.to_json()))
 
     @classmethod
     def verify(cls, body: dict[str, Any], signature_b64: str, key: VerifyKey) -> VersionReport:
         """Return the report if ``signature_b64`` is ``key``'s signature over it; raise otherwise."""
         report = cls.from_json(body)
-        try:
-            key.verify(b64decode_field(signature_b64, "signature"), signed_bytes(CHECKIN_CONTEXT, report.to_json()))
-        except SignatureError:
-            raise
+        report.verify_signature(signature_b64, key)
         return report
+
+
+def _text(body: dict[str, Any], name: str, limit: int) -> str:
+    value = body[name]
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(f"report field {name!r} must be a non-empty string of at most {limit}")
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, low: int) -> int:
+    value = body[name]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_JSON_INT:
+        raise ProtocolError(f"report field {name!r} must be an integer from {low} to {MAX_JSON_INT}")
+    return value
+
+
+def _proof(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
+        raise ProtocolError(f"report field 'log_consistency_proof' must be a list of at most {MAX_PROOF_HASHES}")
+    if not all(isinstance(item, str) and len(item) <= MAX_TOKEN_FIELD for item in value):
+        raise ProtocolError(
+            f"report field 'log_consistency_proof' holds strings of at most {MAX_TOKEN_FIELD} characters"
+        )
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class SignedVersionReport:
+    """A check-in body as the server receives it: the report and the device's signature, parsed but not yet
+    verified (the key to verify with is the one of the device the report names)."""
+
+    report: VersionReport
+    signature: str  # base64 Ed25519 signature over signed_bytes(CHECKIN_CONTEXT, report.to_json())
+
+    @classmethod
+    def from_json(cls, payload: Any) -> SignedVersionReport:
+        if not isinstance(payload, dict):
+            raise ProtocolError("a check-in body must be an object")
+        if set(payload) != {"report", "signature"}:
+            raise ProtocolError("a check-in body has exactly the fields 'report' and 'signature'")
+        signature = payload["signature"]
+        if not isinstance(signature, str) or not 1 <= len(signature) <= MAX_SIGNATURE:
+            raise ProtocolError(f"field 'signature' must be a non-empty string of at most {MAX_SIGNATURE}")
+        return cls(report=VersionReport.from_json(payload["report"]), signature=signature)
 
 
 @dataclass(frozen=True)

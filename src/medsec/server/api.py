@@ -7,11 +7,12 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from sqlalchemy import select, text
 
-from medsec.errors import AuditLogError, AuthenticationFailed, Conflict, NotFound, PermissionDenied
+from medsec.errors import AuditLogError, AuthenticationFailed, Conflict, NotFound, PermissionDenied, ProtocolError
+from medsec.protocol import SignedVersionReport
 from medsec.server.context import ServerContext
 from medsec.server.models import OrgKind, Role, Site
 from medsec.server.principal import Principal
@@ -21,6 +22,8 @@ router = APIRouter()
 
 Str100 = Annotated[str, Field(min_length=1, max_length=100)]
 Str256 = Annotated[str, Field(min_length=1, max_length=256)]
+# A row id in a path: positive and within a signed 64-bit integer, which both databases store.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class Strict(BaseModel):
@@ -119,8 +122,12 @@ def enroll(body: SignedEnrollment, ctx: Ctx) -> EnrollmentAnswer:
     return EnrollmentAnswer(**asdict(answer))
 
 
+# The three models below only document the check-in body in the OpenAPI document (same names and bounds as
+# medsec.protocol). Requests are parsed by SignedVersionReport.from_json alone, so nothing is checked twice.
+
+
 class UpdateReportBody(Strict):
-    """The update status inside a signed report (medsec.protocol.normalize_update checks it again)."""
+    """The update status inside a signed report; ``state`` is one of ``medsec.protocol.UPDATE_STATES``."""
 
     state: Annotated[str, Field(min_length=1, max_length=32)]
     release_counter: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
@@ -153,10 +160,21 @@ class CheckinAnswer(BaseModel):
     cosigned_checkpoint: str | None
 
 
+def _parse_checkin(value: Any) -> SignedVersionReport:
+    # A ValueError becomes FastAPI's 422 "invalid_request", as a failed pydantic check does.
+    try:
+        return SignedVersionReport.from_json(value)
+    except ProtocolError as e:
+        raise ValueError(str(e)) from e
+
+
+CheckinBody = Annotated[Any, PlainValidator(_parse_checkin, json_schema_input_type=SignedReport), Body()]
+
+
 @router.post("/api/v1/checkin", response_model=CheckinAnswer, responses=ERRORS, tags=["devices"])
-def checkin(body: SignedReport, ctx: Ctx) -> CheckinAnswer:
-    payload = {"report": body.report.model_dump(exclude_unset=False), "signature": body.signature}
-    answer = ctx.checkins.submit(payload)  # group commit; raises the report's own refusal
+def checkin(body: CheckinBody, ctx: Ctx) -> CheckinAnswer:
+    signed: SignedVersionReport = body  # parsed once, by _parse_checkin
+    answer = ctx.checkins.submit(signed)  # group commit; raises the report's own refusal
     return CheckinAnswer(**asdict(answer))
 
 

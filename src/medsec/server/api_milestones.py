@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from medsec.errors import NotFound
-from medsec.server.api import ERRORS, Caller, Ctx, Strict
+from medsec.server.api import ERRORS, Caller, Ctx, RowId, Strict
 from medsec.server.services import milestones, sboms
 
 router = APIRouter(prefix="/api/v1", tags=["milestones"])
@@ -56,13 +56,13 @@ def create_milestone(body: MilestoneBody, ctx: Ctx, caller: Caller) -> dict[str,
 
 
 @router.get("/milestones/{milestone_id}", responses=ERRORS)
-def show_milestone(milestone_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def show_milestone(milestone_id: RowId, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     with ctx.tx() as session:
         return milestones.summary(milestones.get_milestone(session, caller, milestone_id), caller)
 
 
 @router.get("/milestones/{milestone_id}/documents/{kind}", responses=ERRORS)
-def download_document(milestone_id: int, kind: str, ctx: Ctx, caller: Caller) -> Response:
+def download_document(milestone_id: RowId, kind: str, ctx: Ctx, caller: Caller) -> Response:
     with ctx.tx() as session:
         milestone = milestones.get_milestone(session, caller, milestone_id)
         doc = milestones.open_document(session, caller, milestone, kind)
@@ -74,7 +74,7 @@ def download_document(milestone_id: int, kind: str, ctx: Ctx, caller: Caller) ->
 
 
 @router.post("/milestones/{milestone_id}/acknowledge", responses=ERRORS)
-def acknowledge(milestone_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def acknowledge(milestone_id: RowId, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     with ctx.tx() as session:
         milestone = milestones.get_milestone(session, caller, milestone_id)
         milestones.acknowledge(session, ctx.audit, caller, milestone)

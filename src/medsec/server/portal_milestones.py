@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from medsec.errors import InvalidRequest, ServiceError
+from medsec.server.api import RowId
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.portal import (
@@ -204,7 +205,7 @@ def documents_submit(
     return _redirect("/milestones/product-documents?saved=1")
 
 
-def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id: int, status: int = 200) -> Response:
+def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id: RowId, status: int = 200) -> Response:
     try:
         milestone = milestones.get_milestone(db, auth.principal, milestone_id)
     except ServiceError as e:
@@ -224,7 +225,7 @@ def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id
 
 
 @router.get("/milestones/{milestone_id}")
-def milestone_page(request: Request, milestone_id: int) -> Response:
+def milestone_page(request: Request, milestone_id: RowId) -> Response:
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request))
@@ -232,7 +233,7 @@ def milestone_page(request: Request, milestone_id: int) -> Response:
 
 
 @router.get("/milestones/{milestone_id}/documents/{kind}")
-def document_download(request: Request, milestone_id: int, kind: str) -> Response:
+def document_download(request: Request, milestone_id: RowId, kind: str) -> Response:
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request))
@@ -248,7 +249,7 @@ def document_download(request: Request, milestone_id: int, kind: str) -> Respons
 
 
 @router.post("/milestones/{milestone_id}/acknowledge")
-def acknowledge_submit(request: Request, milestone_id: int, csrf_token: FormStr = "") -> Response:
+def acknowledge_submit(request: Request, milestone_id: RowId, csrf_token: FormStr = "") -> Response:
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         _check_csrf(request, auth, csrf_token)

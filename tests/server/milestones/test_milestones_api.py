@@ -152,3 +152,11 @@ def test_cli_creates_lists_shows_and_acknowledges(live_server, tmp_path) -> None
     r = runner.invoke(app, ["milestones", "list", "--as", "maker-admin", *base])
     states = {d["hospital"]: d["status"] for d in json.loads(r.stdout)[0]["deliveries"]}
     assert states == {"hospital-a": "notified", "hospital-b": "acknowledged"}
+
+
+def test_an_id_beyond_64_bits_is_refused_as_invalid_not_as_a_server_error(live_server) -> None:
+    a = _h(live_server.seed.tokens["a-responsible"])
+    for path in ("/api/v1/milestones/9223372036854775808", "/api/v1/milestones/0"):
+        answer = httpx.get(f"{live_server.url}{path}", headers=a)
+        assert answer.status_code == 422, path
+        assert answer.json()["error"] == "invalid_request"

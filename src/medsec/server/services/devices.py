@@ -28,7 +28,13 @@ from medsec.errors import (
     SignatureError,
     WitnessError,
 )
-from medsec.protocol import CheckinResponse, EnrollmentRequest, EnrollmentResponse, VersionReport, b64decode_field
+from medsec.protocol import (
+    CheckinResponse,
+    EnrollmentRequest,
+    EnrollmentResponse,
+    SignedVersionReport,
+    b64decode_field,
+)
 from medsec.server import credentials
 from medsec.server.audit import ServerAuditLog
 from medsec.server.models import (
@@ -392,22 +398,17 @@ def checkin(
     session: Session,
     audit: ServerAuditLog,
     witness_for: Callable[[DeviceLogWitnessState], Witness],
-    payload: dict[str, Any],
+    signed: SignedVersionReport,
     *,
     checkin_interval_seconds: int,
 ) -> CheckinResponse:
-    """Verify and record a signed version report; refusals are specific and audited."""
-    try:
-        body = dict(payload["report"])
-        signature = str(payload["signature"])
-        serial = str(body["serial"])[:100]
-    except (KeyError, TypeError, ValueError) as e:
-        raise _refuse(
-            InvalidRequest("malformed_report", "check-in needs 'report' and 'signature'"),
-            "device.checkin_refused",
-            None,
-            {},
-        ) from e
+    """Verify and record a signed version report; refusals are specific and audited.
+
+    ``signed`` comes from :meth:`SignedVersionReport.from_json`, the one parser of check-in bodies (the API
+    runs it before the report reaches the writer thread), so only the signature is left to check here.
+    """
+    report, signature = signed.report, signed.signature
+    serial = report.serial
     device = _lock_checkin_target(session, serial)
     if device is None:
         raise _refuse(
@@ -424,7 +425,7 @@ def checkin(
         raise refuse(Conflict("device_not_enrolled", "this device has not enrolled"))
     device_key = VerifyKey.from_base64(device.public_key)
     try:
-        report = VersionReport.verify(body, signature, device_key)
+        report.verify_signature(signature, device_key)
     except SignatureError as e:
         raise refuse(
             AuthenticationFailed("bad_signature", "report signature does not verify with the device key")
