@@ -15,11 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session
 
-from medsec.errors import NotFound, ServiceError
+from medsec.errors import InvalidRequest, NotFound, ServiceError
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.portal import (
+    Auth,
     Notice,
     PageState,
     _check_csrf,
@@ -28,8 +30,11 @@ from medsec.server.portal import (
     _redirect,
     _render,
     _signed_in,
+    _ui,
     _unit_of_work,
     _with_headers,
+    form_action,
+    refused_with_error_page,
 )
 from medsec.server.services import advisory_publishing, findings, lifecycle_plans, metrics, sboms, triage
 
@@ -162,31 +167,35 @@ def triage_submit(
     compensating_controls: FormStr = "",
     make_rule: FormStr = "",
 ) -> Response:
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here=f"/vulns/findings/{finding_id}")
-        try:
-            auth.principal.require_role(Role.PSIRT)
-            f = findings.get_finding(db, auth.principal, finding_id)
-            decision = triage.parse_decision(
-                {
-                    "status": status,
-                    "justification": justification,
-                    "response": response or [],
-                    "impact_statement": impact_statement,
-                    "patient_safety_impact": patient_safety_impact,
-                    "exploitability": exploitability,
-                    "compensating_controls": compensating_controls,
-                }
-            )
-            triage.triage(db, _ctx_audit(request), auth.principal, f, decision, make_rule=make_rule == "1")
-        except ServiceError as e:
-            if e.status in (403, 404):
-                return _error_page(request, state, e)
-            state.notices.append(Notice("error", str(e)))
+    here = f"/vulns/findings/{finding_id}"
+
+    def decide(db: Session, auth: Auth) -> int:
+        auth.principal.require_role(Role.PSIRT)
+        f = findings.get_finding(db, auth.principal, finding_id)
+        decision = triage.parse_decision(
+            {
+                "status": status,
+                "justification": justification,
+                "response": response or [],
+                "impact_statement": impact_statement,
+                "patient_safety_impact": patient_safety_impact,
+                "exploitability": exploitability,
+                "compensating_controls": compensating_controls,
+            }
+        )
+        triage.triage(db, _ctx_audit(request), auth.principal, f, decision, make_rule=make_rule == "1")
+        return f.id
+
+    def refused(auth: Auth, e: ServiceError) -> Response:
+        if e.status in (403, 404):
+            return refused_with_error_page(request, here)(auth, e)
+        state = PageState(language=auth.language, viewer=auth.viewer, here=here, notices=[Notice("error", str(e))])
+        with _unit_of_work(request) as db:
             return _finding_page(request, db, auth, state, finding_id, status=e.status)
-    return _redirect(f"/vulns/findings/{f.id}")
+
+    return form_action(
+        request, csrf_token, decide, done=lambda fid: _redirect(f"/vulns/findings/{fid}"), refused=refused
+    )
 
 
 def _ctx_audit(request: Request) -> Any:
@@ -204,14 +213,314 @@ def advisories_page(request: Request) -> Response:
     return _render(request, "vulns_advisories.html", state, advisories=items)
 
 
+# -- end of support (SM-4): the page, and the manufacturer's forms on it ------------------------------------------
+
+LIFECYCLE_EDITOR_ROLES = (Role.PSIRT, Role.MANUFACTURER_ADMIN)
+OVERRIDE_READER_ROLES = (Role.PSIRT, Role.MANUFACTURER_ADMIN, Role.RELEASE_ENGINEER, Role.AUDITOR)
+SHORT_TEXT, LONG_TEXT, GUIDANCE_TEXT = 300, 4000, 8000  # the API's limits (api_vulns.py)
+EMPTY_CONTROL_ROWS, EMPTY_TIMELINE_ROWS = 2, 3
+FormList = Annotated[list[str] | None, Form()]
+
+
+def _lifecycle_editor(principal: Any) -> None:
+    """The rule of the API's lifecycle routes: PSIRT or manufacturer admin, and never a hospital."""
+    principal.require_role(*LIFECYCLE_EDITOR_ROLES)
+    if not principal.is_manufacturer:
+        raise NotFound("unknown_release", "no such release is visible to you")
+
+
+def _lifecycle_view(
+    request: Request, db: Any, auth: Any, state: PageState, status: int = 200, draft: dict[str, Any] | None = None
+) -> Response:
+    today = dt.datetime.now(dt.UTC).date()
+    principal = auth.principal
+    releases = lifecycle_plans.visible_lifecycle(db, principal, today, auth.language)
+    can_edit = principal.is_manufacturer and principal.has_role(*LIFECYCLE_EDITOR_ROLES)
+    draft = draft or {}
+    plans: dict[str, dict[str, Any]] = {}
+    if can_edit:
+        for r in releases:
+            key = f"{r['product']} {r['version']}"
+            if draft.get("release") == key:
+                plans[key] = _legacy_form_from_draft(draft)
+            else:
+                release = sboms.visible_release(db, principal, r["product"], r["version"])
+                plans[key] = _legacy_form(lifecycle_plans.stored_legacy_plan(db, release))
+    overrides = (
+        [lifecycle_plans.override_summary(o) for o in lifecycle_plans.list_overrides(db)]
+        if principal.is_manufacturer and principal.has_role(*OVERRIDE_READER_ROLES)
+        else None
+    )
+    return _render(
+        request,
+        "vulns_lifecycle.html",
+        state,
+        status_code=status,
+        releases=releases,
+        overrides=overrides,
+        can_edit=can_edit,
+        can_send_notice=principal.is_manufacturer and principal.has_role(Role.PSIRT),
+        plans=plans,
+        draft=draft,
+    )
+
+
+CONTROL_FIELDS = ("id", "title_en", "title_ja", "en", "ja", "requirement")
+STEP_FIELDS = ("on", "en", "ja")
+
+
+def _legacy_form(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The legacy-plan form's rows: the saved plan's, then empty ones to add more without scripts."""
+    stored = stored or {}
+    controls = [{k: str(c.get(k) or "") for k in CONTROL_FIELDS} for c in stored.get("controls", [])]
+    steps = [{k: str(st.get(k) or "") for k in STEP_FIELDS} for st in stored.get("timeline", [])]
+    replacement = stored.get("replacement_path") or {"en": "", "ja": ""}
+    return {
+        "controls": controls + [dict.fromkeys(CONTROL_FIELDS, "") for _ in range(EMPTY_CONTROL_ROWS)],
+        "steps": steps + [dict.fromkeys(STEP_FIELDS, "") for _ in range(EMPTY_TIMELINE_ROWS)],
+        "replacement": {"en": replacement.get("en", ""), "ja": replacement.get("ja", "")},
+    }
+
+
+def _columns_to_rows(columns: dict[str, list[str]]) -> list[dict[str, str]]:
+    count = max((len(v) for v in columns.values()), default=0)
+    return [{k: (v[i] if i < len(v) else "") for k, v in columns.items()} for i in range(count)]
+
+
+def _legacy_form_from_draft(draft: dict[str, Any]) -> dict[str, Any]:
+    """A refused form comes back as it was typed, so nothing written is lost."""
+    return {
+        "controls": _columns_to_rows(draft["controls"]) or [dict.fromkeys(CONTROL_FIELDS, "")],
+        "steps": _columns_to_rows(draft["steps"]) or [dict.fromkeys(STEP_FIELDS, "")],
+        "replacement": draft["replacement"],
+    }
+
+
 @router.get("/vulns/lifecycle")
-def lifecycle_page(request: Request) -> Response:
+def lifecycle_page(request: Request, saved: int = 0) -> Response:
     with _unit_of_work(request) as db:
         auth = _signed_in(request, db)
         state = PageState(language=auth.language, viewer=auth.viewer, here=_here(request))
-        today = dt.datetime.now(dt.UTC).date()
-        releases = lifecycle_plans.visible_lifecycle(db, auth.principal, today, auth.language)
-    return _render(request, "vulns_lifecycle.html", state, releases=releases)
+        if saved:
+            state.notices.append(Notice("success", _ui(request).gettext(auth.language, N_("Saved."))))
+        return _lifecycle_view(request, db, auth, state)
+
+
+def _lifecycle_refused(
+    request: Request, db: Any, auth: Any, state: PageState, e: ServiceError, draft: dict[str, Any]
+) -> Response:
+    if e.status in (403, 404):
+        return _error_page(request, state, e)
+    state.notices.append(Notice("error", str(e)))
+    return _lifecycle_view(request, db, auth, state, status=e.status, draft=draft)
+
+
+def _optional(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _bounded(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidRequest("invalid_field", f"{field} is longer than {limit} characters")
+    return value.strip()
+
+
+@router.post("/vulns/lifecycle/overrides")
+def override_add_submit(
+    request: Request,
+    csrf_token: FormStr = "",
+    product: FormStr = "",
+    cycle: FormStr = "",
+    eol: FormStr = "",
+    eoas: FormStr = "",
+    eoes: FormStr = "",
+    evidence_source: FormStr = "",
+    evidence_note: FormStr = "",
+) -> Response:
+    """Record an override of a product cycle's support dates, as ``POST /api/v1/lifecycle/overrides``."""
+    draft = {"override": {"product": product, "cycle": cycle, "eol": eol, "eoas": eoas, "eoes": eoes}}
+    draft["override"] |= {"evidence_source": evidence_source, "evidence_note": evidence_note}
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
+        try:
+            _lifecycle_editor(auth.principal)
+            for field, value in (("product", product), ("cycle", cycle), ("evidence_source", evidence_source)):
+                if not value.strip():
+                    raise InvalidRequest("invalid_override", f"{field} is required")
+            with db.begin_nested():
+                lifecycle_plans.add_override(
+                    db,
+                    _ctx_audit(request),
+                    auth.principal.username,
+                    product=_bounded("product", product, 100),
+                    cycle=_bounded("cycle", cycle, 100),
+                    evidence_source=_bounded("evidence_source", evidence_source, 1000),
+                    evidence_note=_bounded("evidence_note", evidence_note, LONG_TEXT),
+                    eol=_optional(eol),
+                    eoas=_optional(eoas),
+                    eoes=_optional(eoes),
+                )
+        except ServiceError as e:
+            return _lifecycle_refused(request, db, auth, state, e, draft)
+    return _redirect("/vulns/lifecycle?saved=1#overrides")
+
+
+@router.post("/vulns/lifecycle/overrides/remove")
+def override_remove_submit(
+    request: Request, csrf_token: FormStr = "", product: FormStr = "", cycle: FormStr = ""
+) -> Response:
+    """Drop an override, so the imported endoflife.date dates apply again (audited with what it said)."""
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
+        try:
+            _lifecycle_editor(auth.principal)
+            with db.begin_nested():
+                lifecycle_plans.remove_override(
+                    db, _ctx_audit(request), auth.principal.username, product=product, cycle=cycle
+                )
+        except ServiceError as e:
+            return _lifecycle_refused(request, db, auth, state, e, {})
+    return _redirect("/vulns/lifecycle?saved=1#overrides")
+
+
+def _rows(name: str, columns: dict[str, list[str]], limits: dict[str, int]) -> list[dict[str, str]]:
+    """Rows of a repeated form block; a row left wholly empty is skipped, a half-filled one is refused."""
+    rows = []
+    for i, row in enumerate(_columns_to_rows(columns), start=1):
+        if not any(v.strip() for v in row.values()):
+            continue
+        rows.append({key: _bounded(f"{name} row {i}: {key}", value, limits[key]) for key, value in row.items()})
+    return rows
+
+
+def _legacy_controls(columns: dict[str, list[str]]) -> list[dict[str, str]]:
+    limits = {"id": 64, "title_en": SHORT_TEXT, "title_ja": SHORT_TEXT, "en": LONG_TEXT, "ja": LONG_TEXT}
+    limits["requirement"] = 32
+    controls = []
+    for i, row in enumerate(_rows("control", columns, limits), start=1):
+        for key in ("id", "title_en", "title_ja", "en", "ja"):
+            if not row[key]:
+                raise InvalidRequest("invalid_legacy_plan", f"control {i}: {key} is empty")
+        if not row["requirement"]:
+            del row["requirement"]
+        controls.append(row)
+    return controls
+
+
+def _legacy_timeline(columns: dict[str, list[str]]) -> list[dict[str, str]]:
+    steps = _rows("timeline", columns, {"on": 10, "en": SHORT_TEXT, "ja": SHORT_TEXT})
+    for i, step in enumerate(steps, start=1):
+        for key in ("on", "en", "ja"):
+            if not step[key]:
+                raise InvalidRequest("invalid_legacy_plan", f"timeline step {i}: {key} is empty")
+        try:
+            dt.date.fromisoformat(step["on"])
+        except ValueError:
+            raise InvalidRequest(
+                "invalid_legacy_plan", f"timeline step {i}: on must be a date (YYYY-MM-DD), not {step['on']!r}"
+            ) from None
+    return steps
+
+
+@router.post("/vulns/lifecycle/{product}/{version}/legacy-plan")
+def legacy_plan_submit(
+    request: Request,
+    product: str,
+    version: str,
+    csrf_token: FormStr = "",
+    control_id: FormList = None,
+    control_title_en: FormList = None,
+    control_title_ja: FormList = None,
+    control_en: FormList = None,
+    control_ja: FormList = None,
+    control_requirement: FormList = None,
+    step_on: FormList = None,
+    step_en: FormList = None,
+    step_ja: FormList = None,
+    replacement_en: FormStr = "",
+    replacement_ja: FormStr = "",
+) -> Response:
+    """Save the legacy plan of a release, as ``PUT /api/v1/releases/{product}/{version}/legacy-plan``."""
+    control_columns = {
+        "id": control_id or [],
+        "title_en": control_title_en or [],
+        "title_ja": control_title_ja or [],
+        "en": control_en or [],
+        "ja": control_ja or [],
+        "requirement": control_requirement or [],
+    }
+    step_columns = {"on": step_on or [], "en": step_en or [], "ja": step_ja or []}
+    key = f"{product} {version}"
+    draft = {"release": key, "controls": control_columns, "steps": step_columns}
+    draft["replacement"] = {"en": replacement_en, "ja": replacement_ja}
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
+        try:
+            _lifecycle_editor(auth.principal)
+            release = sboms.visible_release(db, auth.principal, product, version)
+            controls = _legacy_controls(control_columns)
+            timeline = _legacy_timeline(step_columns)
+            replacement = {
+                "en": _bounded("replacement path (English)", replacement_en, LONG_TEXT),
+                "ja": _bounded("replacement path (Japanese)", replacement_ja, LONG_TEXT),
+            }
+            for lang, text in replacement.items():
+                if not text:
+                    raise InvalidRequest("invalid_legacy_plan", f"replacement path ({lang}) is empty")
+            with db.begin_nested():
+                lifecycle_plans.save_legacy_plan(
+                    db,
+                    _ctx_audit(request),
+                    auth.principal,
+                    release,
+                    controls=controls,
+                    replacement_path=replacement,
+                    timeline=timeline,
+                    today=dt.datetime.now(dt.UTC).date(),
+                )
+        except ServiceError as e:
+            return _lifecycle_refused(request, db, auth, state, e, draft)
+    return _redirect("/vulns/lifecycle?saved=1")
+
+
+@router.post("/vulns/lifecycle/{product}/{version}/eos-notice")
+def eos_notice_submit(
+    request: Request,
+    product: str,
+    version: str,
+    csrf_token: FormStr = "",
+    guidance_en: FormStr = "",
+    guidance_ja: FormStr = "",
+) -> Response:
+    """Publish the CSAF end-of-support notice, as ``POST /api/v1/releases/{product}/{version}/eos-notice``."""
+    with _unit_of_work(request) as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
+        try:
+            auth.principal.require_role(Role.PSIRT)
+            release = sboms.visible_release(db, auth.principal, product, version)
+            with db.begin_nested():
+                lifecycle_plans.publish_eos_notice(
+                    db,
+                    _ctx_audit(request),
+                    request.app.state.ctx.settings,
+                    auth.principal,
+                    release,
+                    today=dt.datetime.now(dt.UTC).date(),
+                    guidance_en=_optional(_bounded("guidance_en", guidance_en, GUIDANCE_TEXT)),
+                    guidance_ja=_optional(_bounded("guidance_ja", guidance_ja, GUIDANCE_TEXT)),
+                )
+        except ServiceError as e:
+            draft = {"notice": {"release": f"{product} {version}", "en": guidance_en, "ja": guidance_ja}}
+            return _lifecycle_refused(request, db, auth, state, e, draft)
+    return _redirect("/vulns/advisories")
 
 
 @router.get("/vulns/metrics")
