@@ -2,23 +2,31 @@
 
 Entries are canonical JSON; the Merkle tree (RFC 9162) is stored as its
 perfect-subtree hashes in ``audit_nodes`` so proofs cost O(log n) reads.
-Appends run inside the caller's transaction, so an action and its audit entry
-commit or roll back together; the ``audit_head`` row lock serialises appends
-(PostgreSQL ``SELECT ... FOR UPDATE``; SQLite transactions are already
-serialised by ``BEGIN IMMEDIATE``). The database commit is the group commit:
-one fsync covers every entry of a transaction.
+
+An append is queued on the caller's session and written when that session
+commits (a ``before_commit`` hook, ADR 0007): the action and its entry commit or
+roll back together, the ``audit_head`` row lock (PostgreSQL ``SELECT ... FOR
+UPDATE``; SQLite transactions are already serialised by ``BEGIN IMMEDIATE``) is
+the last lock a transaction takes and is held only for the commit, and indexes
+follow commit order. A rolled-back savepoint drops the entries queued in it. A
+caller that needs the index at once passes ``write_now=True``; any read of the
+audit tables in a session with queued entries writes them first, as autoflush
+does for ORM objects, so a transaction always sees its own entries.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.util import find_tables
 
 from medsec.auditlog import merkle
 from medsec.auditlog.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
@@ -49,6 +57,171 @@ class SqlNodeReader:
         self._cache[key] = value
         return value
 
+    def remember(self, level: int, index: int, digest: bytes) -> None:
+        """Note a node written in this transaction, so the next append of a batch reads it from memory."""
+        self._cache[(level, index)] = digest
+
+
+# -- appends queued on the session and written at commit (ADR 0007) -------------------------------
+
+_QUEUE_KEY = "medsec.audit.queue"
+_AUDIT_TABLES = frozenset({AuditHead.__table__, AuditEntry.__table__, AuditNode.__table__})
+
+
+@dataclass(eq=False)  # compared by identity: two identical entries are still two entries
+class _QueuedEntry:
+    """One entry waiting for its session's commit."""
+
+    when: datetime
+    event_type: str
+    actor: str | None
+    organization_id: int | None
+    body: bytes
+    queued_in: SessionTransaction | None
+    written_in: SessionTransaction | None = None
+    index: int | None = None
+
+
+@dataclass
+class _Queue:
+    """The session's queued entries, and those written early inside a savepoint that may still roll back."""
+
+    pending: list[_QueuedEntry] = field(default_factory=list)
+    written_in_savepoint: list[_QueuedEntry] = field(default_factory=list)
+    writing: bool = False
+
+
+def _queue(session: Session) -> _Queue:
+    """The session's queue; the first call hooks the session's commit, rollback and reads."""
+    queue = session.info.get(_QUEUE_KEY)
+    if queue is None:
+        queue = _Queue()
+        session.info[_QUEUE_KEY] = queue
+        event.listen(session, "before_commit", _write_at_commit)
+        event.listen(session, "after_soft_rollback", _drop_rolled_back)
+        event.listen(session, "after_transaction_end", _forget_at_end)
+        event.listen(session, "do_orm_execute", _write_before_audit_read)
+    return queue
+
+
+def _innermost(session: Session) -> SessionTransaction | None:
+    """The savepoint (or transaction) now open; None before the session's transaction has begun."""
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while tx is not None:
+        if tx is ancestor:
+            return True
+        tx = tx.parent
+    return False
+
+
+def write_queued(session: Session) -> None:
+    """Write the session's queued entries now, under the head lock (a no-op when nothing is queued).
+
+    The session's other changes are flushed first, so their row locks come before the head lock:
+    every transaction takes the head lock last and cannot be part of a lock cycle through it.
+    """
+    queue: _Queue | None = session.info.get(_QUEUE_KEY)
+    if queue is None or not queue.pending or queue.writing:
+        return
+    queue.writing = True
+    try:
+        session.flush()
+        with session.no_autoflush:
+            _write_entries(session, queue.pending)
+        session.flush()
+        tx = _innermost(session)
+        if tx is not None and tx.nested:
+            for entry in queue.pending:
+                entry.written_in = tx
+            queue.written_in_savepoint.extend(queue.pending)
+        queue.pending = []
+    finally:
+        queue.writing = False
+
+
+def _lock_head(session: Session) -> AuditHead:
+    """Lock the head row, creating it on the first append (concurrent first appends create it once)."""
+    locked = select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    head = session.scalar(locked)
+    if head is None:
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        session.execute(insert(AuditHead).values(id=1, size=0).on_conflict_do_nothing())
+        head = session.scalars(locked.execution_options(populate_existing=True)).one()
+    return head
+
+
+def _write_entries(session: Session, entries: list[_QueuedEntry]) -> None:
+    head = _lock_head(session)
+    reader = SqlNodeReader(session)
+    index = head.size
+    for entry in entries:
+        for level, idx, digest in merkle.nodes_for_append(reader, index, merkle.leaf_hash(entry.body)):
+            session.add(AuditNode(level=level, idx=idx, hash=digest))
+            reader.remember(level, idx, digest)
+        session.add(
+            AuditEntry(
+                idx=index,
+                created_at=entry.when,
+                event_type=entry.event_type,
+                actor=entry.actor,
+                organization_id=entry.organization_id,
+                body=entry.body,
+            )
+        )
+        entry.index = index
+        index += 1
+    head.size = index
+
+
+def _write_at_commit(session: Session) -> None:
+    # before_commit also fires when a savepoint is released; its entries wait for the real commit.
+    if not session.in_nested_transaction():
+        write_queued(session)
+
+
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    """A rolled-back savepoint takes its entries with it; entries written inside it go back in the queue."""
+    queue: _Queue | None = session.info.get(_QUEUE_KEY)
+    if queue is None:
+        return
+    boundary: SessionTransaction | None = previous
+    while boundary is not None and not boundary.nested and boundary.parent is not None:
+        boundary = boundary.parent  # a flush's subtransaction rolls back its savepoint or the whole transaction
+    if boundary is None or not boundary.nested:
+        queue.pending.clear()
+        queue.written_in_savepoint.clear()
+        return
+    undone = [e for e in queue.written_in_savepoint if _within(e.written_in, boundary)]
+    queue.written_in_savepoint = [e for e in queue.written_in_savepoint if e not in undone]
+    requeue = [e for e in undone if not _within(e.queued_in, boundary)]
+    for entry in requeue:
+        entry.index = None
+        entry.written_in = None
+    queue.pending = requeue + [e for e in queue.pending if not _within(e.queued_in, boundary)]
+
+
+def _forget_at_end(session: Session, transaction: SessionTransaction) -> None:
+    # Whatever ends the outermost transaction (commit, rollback, close), nothing queued may outlive it.
+    if transaction.parent is None:
+        queue: _Queue | None = session.info.get(_QUEUE_KEY)
+        if queue is not None:
+            queue.pending.clear()
+            queue.written_in_savepoint.clear()
+
+
+def _write_before_audit_read(state: ORMExecuteState) -> None:
+    queue: _Queue | None = state.session.info.get(_QUEUE_KEY)
+    if queue is None or not queue.pending or queue.writing:
+        return
+    statement = state.statement
+    if not isinstance(statement, ClauseElement):
+        return
+    if _AUDIT_TABLES.intersection(find_tables(statement, include_joins=True, include_selects=True)):
+        write_queued(state.session)
+
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -73,6 +246,7 @@ class ServerAuditLog:
 
     # -- writing -----------------------------------------------------------------------------
 
+    @overload
     def append(
         self,
         session: Session,
@@ -82,8 +256,39 @@ class ServerAuditLog:
         organization_id: int | None,
         details: dict[str, Any] | None = None,
         now: datetime | None = None,
-    ) -> int:
-        """Append one entry in ``session``'s transaction and return its index."""
+        write_now: Literal[False] = False,
+    ) -> None: ...
+
+    @overload
+    def append(
+        self,
+        session: Session,
+        event_type: str,
+        *,
+        actor: str | None,
+        organization_id: int | None,
+        details: dict[str, Any] | None = None,
+        now: datetime | None = None,
+        write_now: Literal[True],
+    ) -> int: ...
+
+    def append(
+        self,
+        session: Session,
+        event_type: str,
+        *,
+        actor: str | None,
+        organization_id: int | None,
+        details: dict[str, Any] | None = None,
+        now: datetime | None = None,
+        write_now: bool = False,
+    ) -> int | None:
+        """Queue one entry in ``session``'s transaction; it is written when the session commits.
+
+        With ``write_now=True`` the entry (and those queued before it) is written at once and its
+        index returned, for callers that must cite it in the same transaction; that takes the head
+        lock early, so only rare actions should ask for it.
+        """
         when = now or datetime.now(UTC)
         entry = {
             "type": event_type,
@@ -92,31 +297,24 @@ class ServerAuditLog:
             "org": organization_id,
             "details": details or {},
         }
-        body = canonical_json(entry)
-        head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
-        if head is None:
-            head = AuditHead(id=1, size=0)
-            session.add(head)
-            session.flush()
-        index = head.size
-        reader = SqlNodeReader(session)
-        for level, idx, digest in merkle.nodes_for_append(reader, index, merkle.leaf_hash(body)):
-            session.add(AuditNode(level=level, idx=idx, hash=digest))
-        session.add(
-            AuditEntry(
-                idx=index,
-                created_at=when,
-                event_type=event_type,
-                actor=actor,
-                organization_id=organization_id,
-                body=body,
-            )
+        queued = _QueuedEntry(
+            when=when,
+            event_type=event_type,
+            actor=actor,
+            organization_id=organization_id,
+            body=canonical_json(entry),
+            queued_in=_innermost(session),
         )
-        head.size = index + 1
-        session.flush()
-        return index
+        _queue(session).pending.append(queued)
+        if not write_now:
+            return None
+        write_queued(session)
+        if queued.index is None:  # pragma: no cover - write_queued writes every queued entry
+            raise LogStoreError("the audit entry was not written")
+        return queued.index
 
     def size(self, session: Session) -> int:
+        write_queued(session)
         head = session.get(AuditHead, 1)
         return head.size if head else 0
 

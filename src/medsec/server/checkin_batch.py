@@ -5,7 +5,10 @@ share one transaction, and every answer is sent only after that transaction
 committed, so an acknowledged check-in is durable and a refused one left no
 trace (its refusal is audited separately, as for any request). One writer
 thread per server process: on SQLite that removes the lock convoy of many
-writers; on PostgreSQL it turns N commits (N WAL flushes) into one.
+writers; on PostgreSQL it turns N commits (N WAL flushes) into one. The
+batch's audit entries are queued and written together at that commit, under
+one audit head lock taken last (ADR 0007); a refused report's savepoint
+rollback drops its queued entries.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
-from medsec.protocol import CheckinResponse
+from medsec.protocol import CheckinResponse, SignedVersionReport
 from medsec.server.services import devices
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ class CheckinBatcher:
         self._thread = threading.Thread(target=self._run, name="checkin-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, payload: dict[str, Any], timeout: float = 30.0) -> CheckinResponse:
+    def submit(self, payload: SignedVersionReport, timeout: float = 30.0) -> CheckinResponse:
         """Verify and record one report; block until its batch committed; raise its refusal if refused."""
         future: Future[CheckinResponse] = Future()
         self._queue.put((payload, future))
@@ -64,7 +67,7 @@ class CheckinBatcher:
                 batch.append(item)
             self._process(batch)
 
-    def _commit(self, payloads: list[dict[str, Any]]) -> list[CheckinResponse | BaseException]:
+    def _commit(self, payloads: list[SignedVersionReport]) -> list[CheckinResponse | BaseException]:
         """Record ``payloads`` in one transaction; a report's own refusal is its result, not the batch's."""
         ctx = self._ctx
         results: list[CheckinResponse | BaseException] = []
@@ -87,7 +90,7 @@ class CheckinBatcher:
                     results.append(e)
         return results
 
-    def _process(self, batch: list[tuple[dict[str, Any], Future[CheckinResponse]]]) -> None:
+    def _process(self, batch: list[tuple[SignedVersionReport, Future[CheckinResponse]]]) -> None:
         try:
             results = self._commit([payload for payload, _future in batch])
         except DBAPIError:

@@ -266,6 +266,7 @@ def generate(
             "figures": data.figures(),
         },
         now=now,
+        write_now=True,  # the report carries the entry's index and inclusion proof
     )
     checkpoint = audit.checkpoint(session)
     proof = tuple(audit.inclusion_proof(session, index, checkpoint.size))
