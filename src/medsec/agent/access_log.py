@@ -73,6 +73,18 @@ class AccessLog:
     def entries(self) -> list[dict[str, Any]]:
         return [self._log.entry(i) for i in range(self._log.size)]
 
+    def entry_bytes(self, index: int) -> bytes:
+        """The exact leaf data of entry ``index`` (canonical JSON), checked against the tree."""
+        return self._log.entry_bytes(index)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries.
+
+        With ``size`` the size of a checkpoint the server cosigned, the server can check the
+        entry against the root it cosigned itself (session entries in the service report).
+        """
+        return self._log.inclusion_proof(index, size)
+
     def verify(self) -> None:
         self._log.verify()
 

@@ -16,6 +16,12 @@ whether a session of this device may open now. If one may, it dials out to the g
 :class:`~medsec.remote.device_side.DeviceEndpoint` bound to the service LAN; the endpoint checks
 every ticket itself against the configured approval key, so the server's answer only decides
 *when* to connect, never *whether* a session is allowed. With nothing pending the link is closed.
+
+The same answer names the newest access-log checkpoint the server cosigned for this device. The
+:class:`SessionLogUploader` then sends the session entries that checkpoint covers, with inclusion
+proofs against it (:mod:`medsec.remote.session_log`), so the service report can list what the
+device itself logged (RA-2, RA-5). Each entry is sent once; ``state/remote-log-upload.json``
+remembers how far the log was sent.
 """
 
 from __future__ import annotations
@@ -32,14 +38,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from medsec.atomic_file import atomic_write
 from medsec.crypto.keys import SigningKey, VerifyKey
-from medsec.errors import ConfigError, SignatureError
+from medsec.errors import AuditLogError, ConfigError, SignatureError
 from medsec.protocol import sign_director_request
 from medsec.remote.device_side import AccessRecorder, DeviceEndpoint, DeviceLinkConfig, RestrictedShell
 from medsec.remote.errors import AccessRefused, GatewayTransportError, RemoteSessionError
+from medsec.remote.session_log import SessionLogSource, SessionLogUpload, build_uploads, session_entries
 from medsec.remote.ticket import NonceStore
 
 if TYPE_CHECKING:
+    from medsec.agent.access_log import AccessLog
     from medsec.agent.config import AgentConfig
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ REMOTE_CONFIG_RELPATH = Path("etc/medsec/remote.json")
 MAX_REMOTE_CONFIG_BYTES = 16 * 1024
 MAX_PENDING_BYTES = 64 * 1024
 DEFAULT_POLL_SECONDS = 30
+MAX_NOTE_BYTES = 8 * 1024
+UPLOAD_STATE_FILE = "remote-log-upload.json"
 _FIELDS = frozenset({"approval_key", "enabled", "gateway", "source_address", "interface", "poll_seconds"})
 
 
@@ -144,6 +155,95 @@ def device_endpoint_factory(
     return make
 
 
+class DeviceLogReader(SessionLogSource, Protocol):
+    """What the uploader reads of the access log (``AccessLog`` fits)."""
+
+    def check_own_checkpoint(self, note: str) -> int: ...
+
+
+class SessionLogUploader:
+    """Sends session entries of the access log that a server-cosigned checkpoint covers (RA-2, RA-5).
+
+    Only a checkpoint the server cosigned is worth proving against: the server checks every proof
+    against the root it cosigned itself. The position is saved only after every upload up to the
+    checkpoint went through, so a crash or an unreachable server means a resend, never a gap; the
+    server answers ``replayed_upload`` for entries it already holds, which counts as delivered.
+    """
+
+    def __init__(
+        self,
+        serial: str,
+        key: SigningKey,
+        source: DeviceLogReader,
+        recorder: AccessRecorder,
+        client: httpx.Client,
+        server_url: str,
+        state_file: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._serial = serial
+        self._key = key
+        self._source = source
+        self._recorder = recorder
+        self._client = client
+        self._url = f"{server_url.rstrip('/')}/api/v1/remote/devices/{serial}/log-entries"
+        self._state_file = state_file
+        self._clock = clock
+
+    def position(self) -> int:
+        """How far the log has been sent (entries below this index); 0 when unknown."""
+        try:
+            value = json.loads(self._state_file.read_bytes()).get("position", 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, AttributeError) as e:
+            # Resending is harmless (the server keeps each entry once), losing entries is not.
+            logger.warning("cannot read %s (%s); sending the session entries again", self._state_file, e)
+            return 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    def upload(self, cosigned_note: str) -> int:
+        """Send the session entries below the size of ``cosigned_note``; return how many the server stored."""
+        size = self._source.check_own_checkpoint(cosigned_note)
+        start = self.position()
+        if start > size:  # a smaller log than what was sent: a new log after re-enrolment
+            start = 0
+        if start == size:
+            return 0
+        stored = 0
+        now = int(self._clock())
+        for session, indexes in session_entries(self._source, start, size).items():
+            for upload in build_uploads(self._source, self._serial, session, indexes, size, now):
+                stored += self._send(upload)
+        atomic_write(self._state_file, json.dumps({"position": size}).encode("ascii") + b"\n")
+        return stored
+
+    def _send(self, upload: SessionLogUpload) -> int:
+        try:
+            response = self._client.post(self._url, json=upload.sign(self._key))
+        except httpx.HTTPError as e:
+            raise GatewayTransportError("server_unreachable", f"cannot send the session log entries: {e}") from e
+        if response.status_code == 200:
+            return len(upload.entries)
+        try:
+            code = str(response.json().get("error", "unknown"))[:64]
+        except (ValueError, AttributeError):
+            code = "unknown"
+        if code == "replayed_upload":
+            return 0
+        if response.status_code >= 500 or code == "stale_upload":
+            raise GatewayTransportError("server_refused", f"the server answered {response.status_code} ({code})")
+        # A refusal the device cannot fix by resending: keep it in the access log and move on.
+        self._recorder.record(
+            "remote.log_upload_refused",
+            for_session=upload.session,
+            code=code,
+            checkpoint_size=upload.checkpoint_size,
+            entries=len(upload.entries),
+        )
+        return 0
+
+
 class RemoteLink:
     """Polls the server for pending sessions and keeps one endpoint open while any is pending."""
 
@@ -158,6 +258,8 @@ class RemoteLink:
         endpoints: EndpointFactory,
         transfer_dir: Path,
         clock: Callable[[], float] = time.time,
+        *,
+        uploader: SessionLogUploader | None = None,
     ) -> None:
         self.serial = serial
         self.settings = settings
@@ -168,7 +270,9 @@ class RemoteLink:
         self._endpoints = endpoints
         self._transfer_dir = transfer_dir
         self._clock = clock
+        self._uploader = uploader
         self.endpoint: MaintenanceEndpoint | None = None
+        self.cosigned_checkpoint: str | None = None
 
     def link_config(self) -> DeviceLinkConfig:
         s = self.settings
@@ -198,8 +302,11 @@ class RemoteLink:
             body = response.json()
             sessions = [str(s) for s in body["sessions"]][:16]
             server_key = str(body["approval_key"])
-        except (ValueError, KeyError, TypeError) as e:
+            note = body.get("cosigned_checkpoint")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise GatewayTransportError("server_refused", "the pending answer is malformed") from e
+        if isinstance(note, str) and len(note) <= MAX_NOTE_BYTES:
+            self.cosigned_checkpoint = note
         if server_key != self.settings.approval_key.to_base64():
             # The device trusts only its configured approval key; a different one is worth an alarm.
             raise AccessRefused("approval_key_mismatch", "the server names an approval key this device does not trust")
@@ -223,10 +330,28 @@ class RemoteLink:
                 await endpoint.connect()
             except RemoteSessionError as e:
                 self._log.record("remote.link_failed", code=e.code, reason=str(e)[:300])
-                return
-            self.endpoint = endpoint
+            else:
+                self.endpoint = endpoint
         elif not sessions and self.endpoint is not None:
             await self.close()
+        await self.upload_session_entries()
+
+    async def upload_session_entries(self) -> None:
+        """Send the session entries the newest cosigned checkpoint covers (no-op without an uploader)."""
+        note = self.cosigned_checkpoint
+        if self._uploader is None or note is None:
+            return
+        try:
+            stored = await asyncio.to_thread(self._uploader.upload, note)
+        except GatewayTransportError as e:
+            logger.warning("session log upload failed, will retry: %s", e)
+        except AuditLogError as e:
+            # The server named a checkpoint this log never signed or no longer matches: worth an alarm.
+            self._log.record("remote.refused", code="foreign_cosigned_checkpoint", reason=str(e)[:300])
+            self.cosigned_checkpoint = None
+        else:
+            if stored:
+                logger.info("sent %d session log entries to the server", stored)
 
     async def close(self) -> None:
         if self.endpoint is not None:
@@ -246,9 +371,7 @@ class RemoteLink:
             await self.close()
 
 
-def start_remote_link(
-    config: AgentConfig, access_log: AccessRecorder, stop: threading.Event
-) -> threading.Thread | None:
+def start_remote_link(config: AgentConfig, access_log: AccessLog, stop: threading.Event) -> threading.Thread | None:
     """Start the link in its own thread if ``remote.json`` enables it; None when remote access is off."""
     from medsec.agent.client import make_http_client
     from medsec.agent.console import device_commands
@@ -273,6 +396,15 @@ def start_remote_link(
         config.server_url,
         device_endpoint_factory(key, shell, access_log, nonces),
         layout.state_dir / "transfer",
+        uploader=SessionLogUploader(
+            config.serial,
+            key,
+            access_log,
+            access_log,
+            client,
+            config.server_url,
+            layout.state_dir / UPLOAD_STATE_FILE,
+        ),
     )
 
     def main() -> None:

@@ -16,6 +16,24 @@ Each leaf is the canonical JSON of its entry (medsec.crypto.canonical_json);
 ``entry_b64`` carries the exact bytes when they are not canonical JSON. Every
 inclusion proof is against the export's checkpoint (RFC 9162 2.1.3). The
 verifier trusts only the keys it is given, never the ones in the document.
+
+A bundle may also carry entries of *other* logs (a device's access log), each
+proven against one of that log's checkpoints (an optional member that older
+verifiers ignore, so every v1 export stays valid)::
+
+      "attached_logs": [{"origin": "<that log's origin>", "log_key": "<its verifier key>",
+                         "match": {"<field>": <value>, ...},                       (optional)
+                         "checkpoints": ["<signed note>", ...],
+                         "entries": [{"index": i, "entry": ..., "inclusion_proof": [...],
+                                      "checkpoint_size": n}, ...]}]
+
+An attached log's key is trusted only if the verifier is given it, or if a
+verified entry of the main export vouches for it: an entry whose ``details``
+name the same ``log_origin``, ``log_key``, ``checkpoint_size`` and
+``root_hash`` (hex), which is how the server records that it checked a device's
+upload against a checkpoint it cosigned. Without a given key, every attached
+checkpoint must be vouched for that way. ``match`` fields must hold in every
+attached entry (the service report uses ``{"session": id}``).
 """
 
 from __future__ import annotations
@@ -36,6 +54,8 @@ from medsec.errors import CanonicalEncodingError, CheckpointError, ExportError, 
 
 EXPORT_FORMAT = "medsec-auditlog-export/v1"
 MAX_EXPORT_ENTRIES = 1_000_000
+ATTACHED_LOGS = "attached_logs"
+ATTESTATION_FIELDS = ("log_origin", "log_key", "checkpoint_size", "root_hash")
 
 
 @dataclass(frozen=True)
@@ -222,3 +242,166 @@ def verify_export(
         cosigned_at=tuple(times),
         previous=previous,
     )
+
+
+# -- entries of other logs attached to an export -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttachedLogSummary:
+    """What a verified attached log proves."""
+
+    origin: str
+    log_key: str
+    key_source: str
+    """``given`` (the verifier was handed the key) or ``vouched`` (a verified main entry names it)."""
+    checkpoints: tuple[Checkpoint, ...]
+    entries: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """A verified export and the verified logs attached to it."""
+
+    export: ExportSummary
+    attached: tuple[AttachedLogSummary, ...]
+
+
+_Vouched = dict[tuple[str, str], set[tuple[int, str]]]
+
+
+def _vouched(summary: ExportSummary) -> _Vouched:
+    """``(origin, key) -> {(size, root hex)}`` named by the verified entries of the main export."""
+    out: _Vouched = {}
+    for _, leaf in summary.entries:
+        try:
+            value = json.loads(leaf)
+        except ValueError:
+            continue
+        details = value.get("details") if isinstance(value, dict) else None
+        if not isinstance(details, dict) or not all(k in details for k in ATTESTATION_FIELDS):
+            continue
+        size = details["checkpoint_size"]
+        if isinstance(size, int) and not isinstance(size, bool):
+            key = (str(details["log_origin"]), str(details["log_key"]))
+            out.setdefault(key, set()).add((size, str(details["root_hash"])))
+    return out
+
+
+def _attached_checkpoints(
+    log: Mapping[str, Any], where: str, verifier: NoteVerifier, origin: str, vouched: set[tuple[int, str]] | None
+) -> dict[int, Checkpoint]:
+    notes = _field(log, "checkpoints", list, where)
+    if not notes:
+        raise ExportError(f"{where}: lists no checkpoints")
+    by_size: dict[int, Checkpoint] = {}
+    for n, note in enumerate(notes):
+        if not isinstance(note, str):
+            raise ExportError(f"{where}: checkpoints[{n}] is not a signed note")
+        try:
+            cp = verify_checkpoint(note, verifier, origin=origin)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: checkpoint {n} does not verify: {e}") from e
+        if vouched is not None and (cp.size, cp.root_hash.hex()) not in vouched:
+            raise CheckpointError(f"{where}: the checkpoint of size {cp.size} is not vouched for by a verified entry")
+        if by_size.setdefault(cp.size, cp) != cp:
+            raise CheckpointError(f"{where}: two different roots for size {cp.size}: the log was forked")
+    return by_size
+
+
+def _check_match(match: Mapping[str, Any], leaf: bytes, where: str) -> None:
+    if not match:
+        return
+    try:
+        value = json.loads(leaf)
+    except ValueError as e:
+        raise ExportError(f"{where}: is not a JSON object, so it cannot match {dict(match)}") from e
+    for name, expected in match.items():
+        actual = value.get(name) if isinstance(value, dict) else None
+        if actual != expected:
+            raise ExportError(f"{where}: {name} is {actual!r}, not {expected!r}")
+
+
+def verify_attached_log(
+    log: Any, vouched: _Vouched, trusted: Mapping[str, NoteVerifier], position: int = 0
+) -> AttachedLogSummary:
+    """Verify one attached log: its key, its checkpoints, ``match`` and every inclusion proof."""
+    where = f"attached log {position}"
+    if not isinstance(log, Mapping):
+        raise ExportError(f"{where}: not a JSON object")
+    origin = _field(log, "origin", str, where)
+    log_key = _field(log, "log_key", str, where)
+    where = f"attached log {origin}"
+    given = trusted.get(origin)
+    if given is not None:
+        if given.vkey != log_key:
+            raise CheckpointError(f"{where}: the bundle names key {log_key!r}, not the one given")
+        verifier, vouched_roots, source = given, None, "given"
+    else:
+        if (origin, log_key) not in vouched:
+            raise ExportError(f"{where}: its key is neither given nor vouched for by a verified entry")
+        verifier, vouched_roots, source = NoteVerifier.from_vkey(log_key), vouched[(origin, log_key)], "vouched"
+    checkpoints = _attached_checkpoints(log, where, verifier, origin, vouched_roots)
+    match = log.get("match") or {}
+    if not isinstance(match, Mapping):
+        raise ExportError(f"{where}: match is not a JSON object")
+    items = _field(log, "entries", list, where)
+    if len(items) > MAX_EXPORT_ENTRIES:
+        raise ExportError(f"{where}: lists {len(items)} entries, more than {MAX_EXPORT_ENTRIES}")
+    verified: list[tuple[int, bytes]] = []
+    last = -1
+    for n, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ExportError(f"{where} entries[{n}]: not a JSON object")
+        i = _field(item, "index", int, f"{where} entries[{n}]")
+        entry_where = f"{where} entry {i}"
+        if i <= last:
+            raise ExportError(f"{entry_where}: out of order")
+        last = i
+        size = _field(item, "checkpoint_size", int, entry_where)
+        cp = checkpoints.get(size)
+        if cp is None:
+            raise ExportError(f"{entry_where}: no checkpoint of size {size} in the bundle")
+        leaf = _leaf_data(item, entry_where)
+        proof = _hashes(item.get("inclusion_proof"), entry_where)
+        try:
+            merkle.verify_inclusion(merkle.leaf_hash(leaf), i, cp.size, proof, cp.root_hash)
+        except ProofError as e:
+            raise ProofError(f"{entry_where}: not included in the checkpoint of size {cp.size}: {e}") from e
+        _check_match(match, leaf, entry_where)
+        verified.append((i, leaf))
+    return AttachedLogSummary(
+        origin=origin,
+        log_key=log_key,
+        key_source=source,
+        checkpoints=tuple(checkpoints[k] for k in sorted(checkpoints)),
+        entries=tuple(verified),
+    )
+
+
+def verify_bundle(
+    data: Mapping[str, Any],
+    log_vkey: str | NoteVerifier,
+    witness_vkeys: Iterable[str | NoteVerifier] = (),
+    *,
+    origin: str | None = None,
+    attached_keys: Iterable[str | NoteVerifier] = (),
+) -> BundleSummary:
+    """:func:`verify_export`, then every attached log (none in a plain export).
+
+    ``attached_keys`` are verifier keys of attached logs the caller trusts directly (a device's
+    log key, named by its origin); the others must be vouched for by the verified main entries.
+    """
+    summary = verify_export(data, log_vkey, witness_vkeys, origin=origin)
+    logs = data.get(ATTACHED_LOGS)
+    if logs is None:
+        return BundleSummary(summary, ())
+    if not isinstance(logs, list):
+        raise ExportError(f"{ATTACHED_LOGS}: not a list")
+    trusted = {}
+    for key in attached_keys:
+        verifier = key if isinstance(key, NoteVerifier) else NoteVerifier.from_vkey(key)
+        trusted[verifier.name] = verifier
+    vouched = _vouched(summary)
+    attached = tuple(verify_attached_log(log, vouched, trusted, n) for n, log in enumerate(logs))
+    return BundleSummary(summary, attached)

@@ -9,7 +9,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from medsec.auditlog.export import verify_export
+from medsec.auditlog.export import verify_bundle
 from medsec.cli.output import console, errors_to_exit, render
 from medsec.errors import ExportError, UserInputError
 
@@ -25,9 +25,21 @@ def verify(
     witness_key: Annotated[
         list[str] | None, typer.Option("--witness-key", help="a witness key whose cosignature must be present")
     ] = None,
+    device_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--device-key",
+            help="a device log's verifier key (medsec-device/SERIAL+...) to trust directly for attached device "
+            "entries; without it they must be vouched for by verified entries of the server log",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Verify an export with only public keys: signatures, inclusion proofs, cosignatures."""
+    """Verify an export with only public keys: signatures, inclusion proofs, cosignatures.
+
+    A service-report bundle also carries the device's own access-log entries; each is checked
+    against the device checkpoint the server cosigned (and vouched for in its own log).
+    """
     with errors_to_exit(as_json):
         if not log_key:
             raise UserInputError("--log-key is required: verification must not trust a key taken from the export")
@@ -37,7 +49,8 @@ def verify(
             raise UserInputError(f"cannot read {export_file}: {e.strerror}") from e
         except ValueError as e:
             raise ExportError(f"{export_file} is not JSON: {e}") from e
-        summary = verify_export(data, log_key, tuple(witness_key or ()))
+        bundle = verify_bundle(data, log_key, tuple(witness_key or ()), attached_keys=tuple(device_key or ()))
+        summary = bundle.export
         indexes = [i for i, _ in summary.entries]
         result = {
             "ok": True,
@@ -49,6 +62,16 @@ def verify(
             "last_index": indexes[-1] if indexes else None,
             "witnesses": list(summary.witnesses),
             "consistent_with_size": summary.previous.size if summary.previous else None,
+            "attached_entries_verified": sum(len(a.entries) for a in bundle.attached),
+            "attached_logs": [
+                {
+                    "origin": a.origin,
+                    "key": a.key_source,
+                    "checkpoint_sizes": [cp.size for cp in a.checkpoints],
+                    "entries_verified": len(a.entries),
+                }
+                for a in bundle.attached
+            ],
         }
         render(
             as_json,

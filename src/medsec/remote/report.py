@@ -1,8 +1,10 @@
 """The service report of one maintenance session, in Japanese or English (RA-5, RA-3).
 
 It explains the work to the hospital before and after: the plan as approved, who approved and
-when, what happened (the audit-log timeline, the commands typed and files moved as the sealed
-recordings show them), the engineer's results and how they were verified, the hospital's
+when, what happened (the audit-log timeline; the commands, file transfers, refusals and session
+ends as the device's own access log recorded them, each proven against a device checkpoint the
+server cosigned; the commands typed and files moved as the sealed recordings show them), the
+engineer's results and how they were verified, the hospital's
 confirmation of the end of work, and the hashes that tie the document to its proof bundle
 (``medsec audit verify``). This module is pure: the server gathers :class:`ServiceReportFacts`
 and :func:`build_service_report` turns them into a :class:`~medsec.reports.document.Document`.
@@ -10,8 +12,10 @@ and :func:`build_service_report` turns them into a :class:`~medsec.reports.docum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from medsec.reports.document import Document, KeyValues, Paragraph, Section, Table
 
@@ -56,6 +60,25 @@ _LABELS: dict[str, dict[str, str]] = {
         "en": "Taken from the sealed session recordings; each recording's SHA-256 is in the audit log.",
         "ja": "封印済みのセッション記録から抽出しています。各記録の SHA-256 は監査ログに記録されています。",
     },
+    "device_log_note": {
+        "en": (
+            "From the device log ({origin}): each entry is proven against the device checkpoint named in its "
+            "row, which the server cosigned; the proof bundle carries the entries, proofs and checkpoints."
+        ),
+        "ja": (
+            "機器ログ({origin})より:各エントリは行に示した機器チェックポイント(サーバが連署)に対して"
+            "包含証明で検証済みです。証跡バンドルにエントリ、証明、チェックポイントが入っています。"
+        ),
+    },
+    "device_log_missing": {
+        "en": "The device has not sent its access-log entries of this session yet.",
+        "ja": "このセッションの機器アクセスログはまだ機器から届いていません。",
+    },
+    "device_event": {"en": "Device event", "ja": "機器イベント"},
+    "detail": {"en": "Detail", "ja": "内容"},
+    "proven": {"en": "Proven against", "ja": "証明"},
+    "checkpoint_n": {"en": "checkpoint {n}", "ja": "チェックポイント {n}"},
+    "recordings_heading": {"en": "From the sealed recordings", "ja": "封印済みセッション記録より"},
     "command": {"en": "Command", "ja": "コマンド"},
     "no_commands": {"en": "No commands were recorded.", "ja": "記録されたコマンドはありません。"},
     "transfer": {"en": "Transfer", "ja": "転送"},
@@ -132,6 +155,17 @@ _EVENTS = {
     "remote.report_downloaded": {"en": "service report downloaded", "ja": "作業報告書のダウンロード"},
     "remote.local_code_issued": {"en": "local maintenance code issued", "ja": "現地保守コードの発行"},
     "remote.refused": {"en": "refused", "ja": "拒否"},
+    "remote.device_log_received": {"en": "device log entries received", "ja": "機器ログの受信"},
+    "remote.device_log_refused": {"en": "device log upload refused", "ja": "機器ログの受信拒否"},
+}
+
+_DEVICE_EVENTS = {
+    "remote.login": {"en": "login", "ja": "ログイン"},
+    "remote.command": {"en": "command", "ja": "コマンド"},
+    "remote.file_transfer": {"en": "file transfer", "ja": "ファイル転送"},
+    "remote.port_forward": {"en": "port forward", "ja": "ポート転送"},
+    "remote.refused": {"en": "refused", "ja": "拒否"},
+    "remote.session_end": {"en": "session end", "ja": "セッション終了"},
 }
 
 
@@ -153,6 +187,24 @@ class RecordingFacts:
     """``verified`` or the error code of the check (e.g. ``recording_tampered``)."""
     commands: tuple[tuple[float, str], ...] = ()
     transfers: tuple[tuple[float, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceEntryFacts:
+    """One entry of the device's access log that belongs to the session, already proven."""
+
+    index: int
+    at: datetime | None
+    event: str
+    fields: Mapping[str, Any]
+    """The entry without ``event``, ``at`` and ``session``."""
+    checkpoint_size: int
+
+
+@dataclass(frozen=True)
+class DeviceLogFacts:
+    origin: str
+    entries: tuple[DeviceEntryFacts, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -199,6 +251,8 @@ class ServiceReportFacts:
     confirmation_comment: str | None
     proof: ProofFacts
     generated_at: datetime
+    device_log: DeviceLogFacts | None = None
+    """The device's own entries of the session; None until the device has sent them."""
 
 
 def format_time(value: datetime | None) -> str:
@@ -260,6 +314,44 @@ def _timeline(f: ServiceReportFacts, lang: str) -> Section:
     return Section(_l(lang, "timeline"), (Table(columns, rows, empty=_l(lang, "no_events")),))
 
 
+def device_entry_detail(event: str, fields: Mapping[str, Any]) -> str:
+    """A one-line account of a device log entry, in the device's own terms (never translated)."""
+    if event == "remote.command":
+        argv = fields.get("argv")
+        text = " ".join(str(a) for a in argv) if isinstance(argv, list) else str(argv)
+        return f"{text} (status {fields.get('status')})"
+    if event == "remote.file_transfer":
+        return (
+            f"{fields.get('direction')} {fields.get('name')} ({fields.get('size')} bytes, "
+            f"SHA-256 {str(fields.get('sha256', ''))[:16]}…)"
+        )
+    if event == "remote.refused":
+        return f"{fields.get('code')}: {fields.get('reason', '')}"
+    if event == "remote.session_end":
+        return f"{fields.get('reason')} ({fields.get('commands')} commands, {fields.get('seconds')} s)"
+    if event == "remote.login":
+        return f"{fields.get('engineer')}, approved by {', '.join(map(str, fields.get('approvers') or []))}"
+    return "; ".join(f"{k}: {v}" for k, v in sorted(fields.items()))[:300]
+
+
+def _device_log(f: ServiceReportFacts, lang: str) -> tuple[Paragraph | Table, ...]:
+    log = f.device_log
+    if log is None or not log.entries:
+        return (Paragraph(_l(lang, "device_log_missing")),)
+    columns = (_l(lang, "index"), _l(lang, "at"), _l(lang, "device_event"), _l(lang, "detail"), _l(lang, "proven"))
+    rows = tuple(
+        (
+            str(e.index),
+            format_time(e.at),
+            _pick(_DEVICE_EVENTS, e.event, lang),
+            device_entry_detail(e.event, e.fields)[:500],
+            _l(lang, "checkpoint_n", n=e.checkpoint_size),
+        )
+        for e in log.entries
+    )
+    return (Paragraph(_l(lang, "device_log_note", origin=log.origin)), Table(columns, rows))
+
+
 def _commands(f: ServiceReportFacts, lang: str) -> Section:
     commands: list[tuple[str, ...]] = []
     transfers: list[tuple[str, ...]] = []
@@ -271,7 +363,8 @@ def _commands(f: ServiceReportFacts, lang: str) -> Section:
     return Section(
         _l(lang, "commands"),
         (
-            Paragraph(_l(lang, "commands_note")),
+            *_device_log(f, lang),
+            Paragraph(f"{_l(lang, 'recordings_heading')}: {_l(lang, 'commands_note')}"),
             Table(("t", _l(lang, "command"), rec_col), tuple(commands), empty=_l(lang, "no_commands")),
             Table(("t", _l(lang, "transfer"), rec_col), tuple(transfers), empty=_l(lang, "no_transfers")),
         ),

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from medsec.errors import NotFound
 from medsec.protocol import DEVICE_SIGNATURE_HEADER, DEVICE_TIME_HEADER
-from medsec.server.api import ERRORS, Caller, Ctx, Str100, Strict
+from medsec.server.api import ERRORS, Caller, Ctx, RowId, Str100, Strict
 from medsec.server.models import Device
 from medsec.server.remote_authority import load_remote_keys
 from medsec.server.services import accounts
@@ -268,6 +268,7 @@ def put_policy(
 class PendingOut(BaseModel):
     sessions: list[str]
     approval_key: str
+    cosigned_checkpoint: str | None = None  # the newest device-log checkpoint the server cosigned
 
 
 @router.get("/devices/{serial}/pending", response_model=PendingOut, responses=ERRORS)
@@ -286,7 +287,30 @@ def device_pending(serial: Str100, request: Request, ctx: Ctx) -> PendingOut:
             datetime.now(UTC),
         )
         pending = remote.pending_for_device(db, serial, _now())
-    return PendingOut(sessions=pending, approval_key=keys.approval_verify_key.to_base64())
+        cosigned = remote.latest_cosigned_checkpoint(db, device)
+    return PendingOut(sessions=pending, approval_key=keys.approval_verify_key.to_base64(), cosigned_checkpoint=cosigned)
+
+
+class DeviceLogUploadIn(Strict):
+    upload: dict[str, Any]  # parsed strictly by medsec.remote.session_log
+    signature: Annotated[str, Field(max_length=200)]
+
+
+class DeviceLogReceiptOut(BaseModel):
+    session: str
+    checkpoint_size: int
+    stored: int
+
+
+@router.post("/devices/{serial}/log-entries", response_model=DeviceLogReceiptOut, responses=ERRORS)
+def device_log_entries(serial: Str100, body: DeviceLogUploadIn, ctx: Ctx) -> DeviceLogReceiptOut:
+    """For the device itself (signed body): its access-log entries of a session, with inclusion proofs
+    against a checkpoint this server cosigned (RA-2). Refusals name the reason (``bad_inclusion_proof``,
+    ``unknown_checkpoint``, ``entry_not_for_session``, ``session_not_for_device``, ``bad_signature``,
+    ``replayed_upload``, ...) and are written to the audit log."""
+    with ctx.tx() as db:
+        receipt = remote.receive_device_entries(db, ctx.audit, serial, body.upload, body.signature, _now())
+    return DeviceLogReceiptOut(session=receipt.session, checkpoint_size=receipt.checkpoint_size, stored=receipt.stored)
 
 
 @router.get(
@@ -294,9 +318,7 @@ def device_pending(serial: Str100, request: Request, ctx: Ctx) -> PendingOut:
     responses=ERRORS,
     summary="Download a sealed asciicast recording (checked against the audit log; the download is logged)",
 )
-def recording_download(
-    session_id: SessionIdPath, recording_id: Annotated[int, Field(ge=1)], ctx: Ctx, caller: Caller
-) -> Response:
+def recording_download(session_id: SessionIdPath, recording_id: RowId, ctx: Ctx, caller: Caller) -> Response:
     with ctx.tx() as db:
         view = remote.view_recording(db, ctx.audit, caller, session_id, recording_id, mode="download")
     return Response(

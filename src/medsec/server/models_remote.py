@@ -1,6 +1,7 @@
-"""Database schema of remote maintenance: sessions, approvals, per-hospital policies, recordings.
+"""Database schema of remote maintenance: sessions, approvals, per-hospital policies, recordings,
+and the device's own access-log entries of each session.
 
-Kept apart from ``models.py`` so remote maintenance migrates on its own (revision 0005).
+Kept apart from ``models.py`` so remote maintenance migrates on its own (revisions 0005, 0009).
 The life cycle itself lives in :mod:`medsec.remote.session`; these rows only store its values.
 """
 
@@ -79,6 +80,9 @@ class RemoteSession(Base):
     recordings: Mapped[list[RemoteRecording]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="RemoteRecording.id"
     )
+    device_uploads: Mapped[list[RemoteDeviceUpload]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="RemoteDeviceUpload.id"
+    )
 
 
 class RemoteApproval(Base):
@@ -103,3 +107,38 @@ class RemoteRecording(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     audit_index: Mapped[int] = mapped_column(BigInteger)
     sealed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RemoteDeviceUpload(Base):
+    """One accepted upload of device access-log entries, and the cosigned checkpoint they were proven against.
+
+    The cosigned note is copied here, so the proof bundle stays complete even if the device's
+    witness history is reset by a re-enrolment.
+    """
+
+    __tablename__ = "remote_device_uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("remote_sessions.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    log_origin: Mapped[str] = mapped_column(String(200))
+    log_key: Mapped[str] = mapped_column(String(300))  # C2SP verifier key of the device's log
+    checkpoint_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[str] = mapped_column(String(64))  # hex
+    checkpoint_note: Mapped[str] = mapped_column(Text)  # device-signed, server-cosigned
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RemoteDeviceEntry(Base):
+    """One entry of the device's access log that belongs to a session, with its inclusion proof (RA-2)."""
+
+    __tablename__ = "remote_device_entries"
+    __table_args__ = (UniqueConstraint("session_id", "log_index", name="uq_remote_device_entries_session_log_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("remote_sessions.id", ondelete="CASCADE"), index=True)
+    upload_id: Mapped[int] = mapped_column(ForeignKey("remote_device_uploads.id", ondelete="CASCADE"), index=True)
+    log_index: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(64))
+    entry: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly the leaf the device hashed
+    inclusion_proof: Mapped[list[str]] = mapped_column(JSON)  # base64 hashes against the upload's checkpoint

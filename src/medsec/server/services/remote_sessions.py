@@ -13,9 +13,10 @@ scoped to the device's hospital. Who may act:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,10 @@ import asyncssh
 from sqlalchemy import Select, false, select
 from sqlalchemy.orm import Session
 
-from medsec.auditlog.export import build_export
+from medsec.auditlog.export import ATTACHED_LOGS, build_export
+from medsec.auditlog.note import SIG_TYPE_ED25519, vkey_string
 from medsec.crypto.keys import SigningKey, VerifyKey
-from medsec.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, ServiceError
+from medsec.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound, PermissionDenied, ServiceError
 from medsec.remote.authority import grant_for
 from medsec.remote.certs import MaintenanceCA, export_certificate
 from medsec.remote.errors import AccessRefused, RecordingError, RemoteSessionError, SessionRequestInvalid
@@ -35,6 +37,8 @@ from medsec.remote.gateway import SessionGrant
 from medsec.remote.maintenance_code import STEP_SECONDS, issue_code
 from medsec.remote.recording import Playback, parse_playback, read_playback
 from medsec.remote.report import (
+    DeviceEntryFacts,
+    DeviceLogFacts,
     ProofFacts,
     RecordingFacts,
     ServiceReportFacts,
@@ -57,12 +61,21 @@ from medsec.remote.session import (
     WorkReport,
 )
 from medsec.remote.session import request_session as _request_session
+from medsec.remote.session_log import DeviceLogError, LoggedEntry, SessionLogUpload, verify_entries
 from medsec.remote.ticket import SessionTicket, issue_ticket
 from medsec.server.audit import ServerAuditLog, SqlNodeReader
-from medsec.server.models import AuditEntry, Device, DeviceStatus, Role, User, UserRole
-from medsec.server.models_remote import RemoteApproval, RemotePolicy, RemoteRecording, RemoteSession
+from medsec.server.models import AuditEntry, Device, DeviceLogCheckpoint, DeviceStatus, Role, User, UserRole
+from medsec.server.models_remote import (
+    RemoteApproval,
+    RemoteDeviceEntry,
+    RemoteDeviceUpload,
+    RemotePolicy,
+    RemoteRecording,
+    RemoteSession,
+)
 from medsec.server.principal import Principal
 from medsec.server.services.accounts import AuditedRefusal
+from medsec.server.witness_state import ORIGIN_PREFIX, DeviceLogIdentity, latest_cosigned_note
 
 logger = logging.getLogger(__name__)
 
@@ -732,6 +745,7 @@ def recording_sealed(db: Session, audit: ServerAuditLog, session_id: str, path: 
         actor=SYSTEM,
         organization_id=row.hospital_id,
         details={"session": row.id, "device": row.device.serial, "sha256": sha256, "file": path.name},
+        write_now=True,  # the recording row cites the entry's index
     )
     db.add(RemoteRecording(session_id=row.id, path=str(path), sha256=sha256, audit_index=index))
     db.flush()
@@ -804,6 +818,223 @@ def session_summary(row: RemoteSession) -> dict[str, Any]:
             {"id": r.id, "sha256": r.sha256, "audit_index": r.audit_index, "at": r.sealed_at} for r in row.recordings
         ],
     }
+
+
+# -- the device's own access-log entries of a session (RA-2, RA-5) -------------------------------------
+
+DEVICE_UPLOAD_SKEW = 300  # seconds between the device's clock and ours, as for director requests
+DEVICE_LOG_RECEIVED = "remote.device_log_received"
+
+
+@dataclass(frozen=True)
+class DeviceLogReceipt:
+    session: str
+    checkpoint_size: int
+    stored: int
+
+
+def _log_identity(device: Device) -> DeviceLogIdentity:
+    """A re-enrolled device starts a new log: only checkpoints cosigned since then count."""
+    return DeviceLogIdentity(device.id, device.enrolled_at or device.created_at)
+
+
+def latest_cosigned_checkpoint(db: Session, device: Device) -> str | None:
+    """The newest checkpoint of the device's access log that the server cosigned (what it proves against)."""
+    return latest_cosigned_note(db, _log_identity(device))
+
+
+def _cosigned_checkpoint(db: Session, device: Device, size: int) -> DeviceLogCheckpoint | None:
+    since = _log_identity(device).since
+    return db.scalar(
+        select(DeviceLogCheckpoint)
+        .where(
+            DeviceLogCheckpoint.device_id == device.id,
+            DeviceLogCheckpoint.size == size,
+            DeviceLogCheckpoint.received_at >= since,
+            DeviceLogCheckpoint.note != "",
+        )
+        .order_by(DeviceLogCheckpoint.id.desc())
+        .limit(1)
+    )
+
+
+def _active_device(db: Session, serial: str) -> Device:
+    device = db.scalar(select(Device).where(Device.serial == serial))
+    if device is None or device.public_key is None or device.status != DeviceStatus.ACTIVE.value:
+        raise NotFound("not_found", "Not Found")  # as for every device-signed request: nothing to learn here
+    return device
+
+
+def receive_device_entries(
+    db: Session, audit: ServerAuditLog, serial: str, body: Any, signature: Any, now: int
+) -> DeviceLogReceipt:
+    """Check and keep the device's signed upload of a session's access-log entries.
+
+    Each entry must name the session, the session must be this device's, and each inclusion proof
+    must lead to the root of a checkpoint *this server cosigned* for this device. Entries the
+    server already holds are kept once; an upload bringing nothing new is a replay. Every refusal
+    is written to the audit log (``remote.device_log_refused`` with its code).
+    """
+    device = _active_device(db, serial)
+    claimed = body.get("session") if isinstance(body, dict) else None
+    details: dict[str, Any] = {"device": serial, "session": claimed if isinstance(claimed, str) else None}
+
+    def refuse(err: ServiceError) -> AuditedRefusal:
+        return AuditedRefusal(
+            err,
+            "remote.device_log_refused",
+            actor=f"device:{serial}",
+            organization_id=device.hospital_id,
+            details=details,
+        )
+
+    key = VerifyKey.from_base64(str(device.public_key))
+    try:
+        upload = SessionLogUpload.verify(body, signature, key)
+    except DeviceLogError as e:
+        failure = AuthenticationFailed if e.code == "bad_signature" else InvalidRequest
+        raise refuse(failure(e.code, str(e))) from e
+    details["checkpoint_size"] = upload.checkpoint_size
+    if upload.serial != serial:
+        raise refuse(InvalidRequest("serial_mismatch", f"the upload names device {upload.serial!r}"))
+    if abs(now - upload.sent_at) > DEVICE_UPLOAD_SKEW:
+        raise refuse(Conflict("stale_upload", "the upload's time is too far from the server's clock"))
+    row = db.scalar(select(RemoteSession).where(RemoteSession.id == upload.session).with_for_update(of=RemoteSession))
+    if row is None:
+        raise refuse(NotFound("unknown_session", f"no session {upload.session!r}"))
+    if row.device_id != device.id:
+        raise refuse(PermissionDenied("session_not_for_device", f"session {row.id} is not a session of {serial}"))
+    checkpoint = _cosigned_checkpoint(db, device, upload.checkpoint_size)
+    if checkpoint is None:
+        raise refuse(
+            Conflict("unknown_checkpoint", f"this server never cosigned a checkpoint of size {upload.checkpoint_size}")
+        )
+    root = base64.b64decode(checkpoint.root_hash)
+    try:
+        verify_entries(upload.entries, row.id, upload.checkpoint_size, root)
+    except DeviceLogError as e:
+        raise refuse(InvalidRequest(e.code, str(e))) from e
+    new = _new_entries(db, row.id, upload, refuse)
+    origin = f"{ORIGIN_PREFIX}{serial}"
+    log_key = vkey_string(origin, SIG_TYPE_ED25519, key.raw)
+    audit.append(
+        db,
+        DEVICE_LOG_RECEIVED,
+        actor=f"device:{serial}",
+        organization_id=row.hospital_id,
+        details={
+            "session": row.id,
+            "device": serial,
+            "log_origin": origin,
+            "log_key": log_key,
+            "checkpoint_size": upload.checkpoint_size,
+            "root_hash": root.hex(),
+            "entries": len(new),
+            "first_index": new[0].index,
+            "last_index": new[-1].index,
+        },
+    )
+    stored = RemoteDeviceUpload(
+        session_id=row.id,
+        device_id=device.id,
+        log_origin=origin,
+        log_key=log_key,
+        checkpoint_size=upload.checkpoint_size,
+        root_hash=root.hex(),
+        checkpoint_note=checkpoint.note,
+    )
+    db.add(stored)
+    db.flush()
+    for item in new:
+        db.add(
+            RemoteDeviceEntry(
+                session_id=row.id,
+                upload_id=stored.id,
+                log_index=item.index,
+                event=item.event[:64],
+                entry=item.leaf.decode("utf-8"),
+                inclusion_proof=[base64.b64encode(h).decode("ascii") for h in item.inclusion_proof],
+            )
+        )
+    db.flush()
+    return DeviceLogReceipt(row.id, upload.checkpoint_size, len(new))
+
+
+def _new_entries(
+    db: Session, session_id: str, upload: SessionLogUpload, refuse: Callable[[ServiceError], AuditedRefusal]
+) -> list[LoggedEntry]:
+    """The upload's entries the server does not hold yet; the same index with other bytes is a conflict."""
+    held = dict(
+        db.execute(
+            select(RemoteDeviceEntry.log_index, RemoteDeviceEntry.entry).where(
+                RemoteDeviceEntry.session_id == session_id,
+                RemoteDeviceEntry.log_index.in_([e.index for e in upload.entries]),
+            )
+        ).all()
+    )
+    new = []
+    for e in upload.entries:
+        if e.index not in held:
+            new.append(e)
+        elif held[e.index] != e.leaf.decode("utf-8"):
+            raise refuse(Conflict("entry_conflict", f"entry {e.index} differs from the one already kept"))
+    if not new:
+        raise refuse(Conflict("replayed_upload", "every entry of this upload is already kept"))
+    return new
+
+
+def _device_entries(db: Session, session_id: str) -> list[RemoteDeviceEntry]:
+    return list(
+        db.scalars(
+            select(RemoteDeviceEntry)
+            .where(RemoteDeviceEntry.session_id == session_id)
+            .order_by(RemoteDeviceEntry.log_index)
+        )
+    )
+
+
+def _attached_logs(row: RemoteSession, entries: Sequence[RemoteDeviceEntry]) -> list[dict[str, Any]]:
+    """The device-log part of the proof bundle: one attached log per device log key (see auditlog.export)."""
+    uploads = {u.id: u for u in row.device_uploads}
+    logs: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in entries:
+        up = uploads[e.upload_id]
+        log = logs.setdefault(
+            (up.log_origin, up.log_key),
+            {"origin": up.log_origin, "log_key": up.log_key, "match": {"session": row.id}, "checkpoints": [],
+             "entries": []},
+        )  # fmt: skip
+        if up.checkpoint_note not in log["checkpoints"]:
+            log["checkpoints"].append(up.checkpoint_note)
+        log["entries"].append(
+            {
+                "index": e.log_index,
+                "entry": json.loads(e.entry),
+                "inclusion_proof": list(e.inclusion_proof),
+                "checkpoint_size": up.checkpoint_size,
+            }
+        )
+    return list(logs.values())
+
+
+def _device_log_facts(row: RemoteSession, entries: Sequence[RemoteDeviceEntry]) -> DeviceLogFacts | None:
+    if not entries:
+        return None
+    uploads = {u.id: u for u in row.device_uploads}
+    facts = []
+    for e in entries:
+        value = json.loads(e.entry)
+        at = value.get("at")
+        facts.append(
+            DeviceEntryFacts(
+                index=e.log_index,
+                at=_dt(at) if isinstance(at, int) and not isinstance(at, bool) else None,
+                event=e.event,
+                fields={k: v for k, v in value.items() if k not in ("event", "at", "session")},
+                checkpoint_size=uploads[e.upload_id].checkpoint_size,
+            )
+        )
+    return DeviceLogFacts(origin=row.device_uploads[0].log_origin, entries=tuple(facts))
 
 
 # -- recordings: playback and download (every one logged) ----------------------------------------------
@@ -882,7 +1113,19 @@ def view_recording(
 # -- the service report and its proof bundle (RA-5, RA-3) -------------------------------------------------
 
 REPORT_FORMATS = frozenset({"html", "pdf", "bundle"})
-_DETAIL_KEYS = ("comment", "reason", "outcome", "sha256", "key_fingerprint", "mode", "problem", "format")
+_DETAIL_KEYS = (
+    "comment",
+    "reason",
+    "outcome",
+    "sha256",
+    "key_fingerprint",
+    "mode",
+    "problem",
+    "format",
+    "code",
+    "checkpoint_size",
+    "entries",
+)
 
 
 def _session_entries(db: Session, row: RemoteSession, below: int) -> list[tuple[int, bytes, dict[str, Any]]]:
@@ -941,7 +1184,10 @@ def service_report(
 
     The bundle is a plain ``medsec-auditlog-export/v1`` document (what ``medsec audit verify`` checks)
     of the session's entries against a fresh signed checkpoint, with a ``service_report`` member
-    naming the session and its recording hashes.
+    naming the session and its recording hashes, and, once the device has sent them, an
+    ``attached_logs`` member: the device's own entries of the session with their inclusion proofs
+    and the device checkpoints this server cosigned, vouched for by the session's
+    ``remote.device_log_received`` entries.
     """
     if fmt not in REPORT_FORMATS or lang not in ("en", "ja"):
         raise InvalidRequest("invalid_report_format", "format is html, pdf or bundle; language is ja or en")
@@ -968,6 +1214,9 @@ def service_report(
         "hospital": row.device.hospital.slug,
         "recordings": [{"sha256": r.sha256, "audit_index": r.audit_index} for r in row.recordings],
     }
+    device_entries = _device_entries(db, row.id)
+    if device_entries:
+        bundle[ATTACHED_LOGS] = _attached_logs(row, device_entries)
     facts = ServiceReportFacts(
         session_id=row.id,
         device=row.device.serial,
@@ -1000,6 +1249,7 @@ def service_report(
         confirmation_comment=row.confirmation_comment,
         proof=ProofFacts(audit.origin, cp.size, cp.root_hash.hex(), audit.vkey, len(entries)),
         generated_at=datetime.now(UTC),
+        device_log=_device_log_facts(row, device_entries),
     )
     return ServiceReport(facts, bundle)
 
