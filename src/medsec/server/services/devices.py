@@ -360,7 +360,9 @@ def _checkin_statements() -> tuple[Any, Any, Any]:
         )
         .join(DeviceModel, DeviceModel.id == Device.model_id)
         .where(Device.serial == bindparam("b_serial"))
-        .with_for_update(of=Device)
+        # FOR NO KEY UPDATE: a check-in changes no key column, and this weaker lock does not
+        # conflict with the key-share lock that inserting campaign rows referencing the device takes.
+        .with_for_update(of=Device, key_share=True)
     )
     record = (
         update(Device)
