@@ -10,11 +10,11 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from medsec.errors import NotFound
-from medsec.server.api import ERRORS, Caller, Ctx, Strict
+from medsec.server.api import ERRORS, Caller, Ctx, Str100, Strict
 from medsec.server.models import Role
 from medsec.server.principal import Principal
 from medsec.server.services import (
@@ -279,6 +279,15 @@ def add_override(body: OverrideBody, ctx: Ctx, caller: Caller) -> dict[str, Any]
             eoes=body.eoes,
         )
         return lifecycle_plans.override_summary(row)
+
+
+@router.delete("/lifecycle/overrides/{product}/{cycle}", status_code=204, responses=ERRORS)
+def remove_override(product: Str100, cycle: Str100, ctx: Ctx, caller: Caller) -> Response:
+    """Drop an override, so the imported endoflife.date dates apply again (the audit log keeps what it said)."""
+    with ctx.tx() as session:
+        _manufacturer_lifecycle_editor(caller)
+        lifecycle_plans.remove_override(session, ctx.audit, caller.username, product=product, cycle=cycle)
+    return Response(status_code=204)
 
 
 @router.get("/releases/{product}/{version}/lifecycle", responses=ERRORS)

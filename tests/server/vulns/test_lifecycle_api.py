@@ -130,6 +130,18 @@ def test_override_needs_evidence_and_a_manufacturer_role(live_server):
             for e in s.scalars(select(AuditEntry).where(AuditEntry.event_type == "lifecycle.override"))
         ]
     assert [(e["actor"], e["details"]["source"]) for e in entries] == [("maker-admin", "Freexian ELTS contract 42")]
+    # Removal: hospitals cannot, a missing one is named, and the audit log keeps what was removed.
+    gone = f"{url}/api/v1/lifecycle/overrides/debian/9"
+    assert httpx.delete(gone, headers=_h(tokens["a-admin"])).status_code == 403
+    assert (
+        httpx.delete(f"{url}/api/v1/lifecycle/overrides/debian/8", headers=_h(tokens["maker-psirt"])).json()["error"]
+        == "unknown_override"
+    )
+    assert httpx.delete(gone, headers=_h(tokens["maker-psirt"])).status_code == 204
+    assert httpx.get(f"{url}/api/v1/lifecycle/overrides", headers=_h(tokens["maker-auditor"])).json() == []
+    with ctx.tx() as s:
+        removed = s.scalars(select(AuditEntry).where(AuditEntry.event_type == "lifecycle.override_removed")).one()
+    assert json.loads(removed.body)["details"]["eoes"] == "2024-06-30"
 
 
 def test_legacy_plan_and_two_year_warning_reach_only_the_hospital_running_the_release(live_server):
