@@ -133,6 +133,12 @@ def test_stop_during_a_stalled_download_is_prompt_and_keeps_the_part_file(device
     try:
         assert server.holding.wait(30), "the download never started"
         part = UpdatePaths(device.config.root).downloads_dir / f"{device.bundle_sha256}.release.tar{PART_SUFFIX}"
+        # The server has sent HOLD_AFTER bytes; wait until the agent has them all on disk, so the
+        # stop below lands while the download is stalled, not while bytes are still in flight.
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size == HOLD_AFTER):
+            assert time.monotonic() < deadline, "the agent never wrote the bytes it was sent"
+            time.sleep(0.02)
         asked = time.monotonic()
         stop.set()
         thread.join(10)
