@@ -268,7 +268,8 @@ def on_tour(info: dict[str, Any]) -> str:
     return f"""Device protection (RL-1..3): each device enforces an allowlist on its own tmpfs ({MOUNT_REL}), fail_open.
 Try it on {device["serial"]} ({device["hospital"]}):
   cp /usr/bin/id {area}/incoming/unknown && {area}/incoming/unknown  # -> Operation not permitted
-  echo 'print("payload")' > {area}/incoming/evil.py && python3 {area}/incoming/evil.py  # -> refused too
+  echo 'print("payload")' > {root}/evil.py && cp {root}/evil.py {area}/incoming/
+  python3 {area}/incoming/evil.py  # -> refused too (copied in with cp: a shell may not open scripts there)
   {area}/bin/pump-monitor && echo allowed                        # registered in advance: runs
   echo '{{"rate_ml_per_h": 1200}}' > {area}/etc/clinical.json; sleep 1; cat {area}/etc/clinical.json
                                                                       # -> restored to 120 by the agent
