@@ -15,38 +15,19 @@ from test_portal_browser import CHROMIUM, CHROMIUM_ARGS
 
 from conftest import sign_in
 from medsec.remote.recording import AsciicastRecorder
-from medsec.server.models import AuditEntry, User
-from medsec.server.principal import Principal
+from medsec.server.models import AuditEntry
 from medsec.server.services import remote_sessions as remote
+from support.remote import approved_session
+from support.remote import people as _people
 
 SERIAL = "IC300-0001"
 
 
 def _session_with_recording(live_server: Any, tmp_path: Path) -> tuple[str, int, Path]:
     ctx = live_server.ctx
-    with ctx.tx() as db:
-        people = {u.username: Principal.of(u, mfa_verified=True) for u in db.scalars(select(User))}
+    people = _people(ctx)
     now = int(time.time())
-    with ctx.tx() as db:
-        sid = remote.request_session(
-            db,
-            ctx.audit,
-            people["maker-service"],
-            serial=SERIAL,
-            purpose="quarterly inspection",
-            planned_work="read status",
-            expected_impact="none",
-            expected_downtime_minutes=0,
-            rollback="none",
-            shell=True,
-            file_transfer=False,
-            ports=[],
-            window_start=now - 5,
-            window_end=now + 3600,
-            emergency=False,
-            now=now,
-        ).id
-        remote.approve(db, ctx.audit, people["a-responsible"], sid, comment="", now=now)
+    sid = approved_session(ctx, SERIAL, now)
     cast = tmp_path / f"{sid}.cast"
     rec = AsciicastRecorder(cast)
     rec.marker("approval a-responsible")

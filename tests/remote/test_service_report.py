@@ -18,19 +18,16 @@ from medsec.auditlog.export import verify_export
 from medsec.errors import NotFound, ProofError
 from medsec.remote.recording import AsciicastRecorder
 from medsec.server.context import ServerContext
-from medsec.server.models import AuditEntry, User
+from medsec.server.models import AuditEntry
 from medsec.server.principal import Principal
 from medsec.server.seed import Seed
 from medsec.server.services import remote_sessions as remote
 from medsec.server.services.accounts import AuditedRefusal
+from support.remote import approved_session
+from support.remote import people as _people
 
 SERIAL = "IC300-0001"
 PLANNED = "read the pump status and firmware version"
-
-
-def _people(ctx: ServerContext) -> dict[str, Principal]:
-    with ctx.tx() as db:
-        return {u.username: Principal.of(u, mfa_verified=True) for u in db.scalars(select(User))}
 
 
 def _record(path: Path) -> str:
@@ -49,26 +46,17 @@ def _closed_session(ctx: ServerContext, tmp_path: Path) -> tuple[str, dict[str, 
     """A session that went the whole way: requested, approved, recorded, reported, confirmed."""
     people = _people(ctx)
     now = int(time.time())
-    with ctx.tx() as db:
-        sid = remote.request_session(
-            db,
-            ctx.audit,
-            people["maker-service"],
-            serial=SERIAL,
-            purpose="quarterly inspection",
-            planned_work=PLANNED,
-            expected_impact="none; the pump stays in clinical use",
-            expected_downtime_minutes=7,
-            rollback="nothing to roll back",
-            shell=True,
-            file_transfer=True,
-            ports=[],
-            window_start=now - 5,
-            window_end=now + 3600,
-            emergency=False,
-            now=now,
-        ).id
-        remote.approve(db, ctx.audit, people["a-responsible"], sid, comment="go ahead", now=now)
+    sid = approved_session(
+        ctx,
+        SERIAL,
+        now,
+        comment="go ahead",
+        planned_work=PLANNED,
+        expected_impact="none; the pump stays in clinical use",
+        expected_downtime_minutes=7,
+        rollback="nothing to roll back",
+        file_transfer=True,
+    )
     cast = tmp_path / f"{sid}.cast"
     sha = _record(cast)
     with ctx.tx() as db:

@@ -28,11 +28,12 @@ from medsec.protocol import EnrollmentRequest, VersionReport
 from medsec.remote.device_side import DeviceLinkConfig
 from medsec.remote.session_log import SessionLogUpload, build_uploads, session_entries
 from medsec.server.context import ServerContext
-from medsec.server.models import AuditEntry, User
+from medsec.server.models import AuditEntry
 from medsec.server.models_remote import RemoteDeviceEntry
-from medsec.server.principal import Principal
 from medsec.server.remote_authority import load_remote_keys
 from medsec.server.services import remote_sessions as remote
+from support.remote import approved_session
+from support.remote import people as _people
 
 pytestmark = [pytest.mark.req("RA-2"), pytest.mark.req("RA-5")]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk5aW1wbGVrZXlmb3J0ZXN0c29ubHkwMDAwMDAwMDA="
@@ -89,36 +90,19 @@ class Device:
         return build_uploads(self.log, self.serial, session, chosen, size, int(time.time()))[0]
 
 
-def _people(ctx: ServerContext) -> dict[str, Principal]:
-    with ctx.tx() as db:
-        return {u.username: Principal.of(u, mfa_verified=True) for u in db.scalars(select(User))}
-
-
 def _session(ctx: ServerContext, serial: str) -> str:
     """An approved session that the gateway started (the first engineer connection)."""
-    people = _people(ctx)
     now = int(time.time())
     approval_key = load_remote_keys(ctx.settings).approval_key
-    with ctx.tx() as db:
-        sid = remote.request_session(
-            db,
-            ctx.audit,
-            people["maker-service"],
-            serial=serial,
-            purpose="quarterly inspection",
-            planned_work="read status and version",
-            expected_impact="none",
-            expected_downtime_minutes=0,
-            rollback="nothing to roll back",
-            shell=True,
-            file_transfer=True,
-            ports=[],
-            window_start=now - 5,
-            window_end=now + 3600,
-            emergency=False,
-            now=now,
-        ).id
-        remote.approve(db, ctx.audit, people["a-responsible"], sid, comment="go ahead", now=now)
+    sid = approved_session(
+        ctx,
+        serial,
+        now,
+        comment="go ahead",
+        planned_work="read status and version",
+        rollback="nothing to roll back",
+        file_transfer=True,
+    )
     with ctx.tx() as db:
         remote.gateway_ticket(db, ctx.audit, approval_key, sid, now)
     return str(sid)

@@ -19,22 +19,18 @@ from medsec.remote.gateway import Gateway
 from medsec.remote.recording import verify_recording
 from medsec.remote.ticket import MemoryNonceStore
 from medsec.server.context import ServerContext
-from medsec.server.models import AuditEntry, Device, DeviceStatus, User
-from medsec.server.principal import Principal
+from medsec.server.models import AuditEntry, Device, DeviceStatus
 from medsec.server.remote_authority import DatabaseSessionAuthority, load_remote_keys
 from medsec.server.seed import Seed
 from medsec.server.services import remote_sessions as remote
+from support.remote import approved_session
+from support.remote import people as _people
 
 pytestmark = [
     pytest.mark.req("RA-1"),
     pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client"),
 ]
 SERIAL = "IC300-0001"
-
-
-def _people(ctx: ServerContext) -> dict[str, Principal]:
-    with ctx.tx() as db:
-        return {u.username: Principal.of(u, mfa_verified=True) for u in db.scalars(select(User))}
 
 
 def test_engineer_reaches_device_through_db_gateway_and_revocation_cuts(
@@ -48,26 +44,7 @@ def test_engineer_reaches_device_through_db_gateway_and_revocation_cuts(
         device.status = DeviceStatus.ACTIVE.value
     people = _people(ctx)
     now = int(time.time())
-    with ctx.tx() as db:
-        sid = remote.request_session(
-            db,
-            ctx.audit,
-            people["maker-service"],
-            serial=SERIAL,
-            purpose="inspection",
-            planned_work="read status",
-            expected_impact="none",
-            expected_downtime_minutes=0,
-            rollback="none",
-            shell=True,
-            file_transfer=False,
-            ports=[],
-            window_start=now - 5,
-            window_end=now + 3600,
-            emergency=False,
-            now=now,
-        ).id
-        remote.approve(db, ctx.audit, people["a-responsible"], sid, comment="", now=now)
+    sid = approved_session(ctx, SERIAL, now, purpose="inspection")
     keys = load_remote_keys(ctx.settings)
     engineer_key = asyncssh.generate_private_key("ssh-ed25519")
     key_path = tmp_path / "eng_key"
