@@ -44,7 +44,9 @@ def _session_with_recording(live_server: Any, tmp_path: Path) -> tuple[str, int,
 
 def _viewed(live_server: Any) -> list[dict[str, Any]]:
     with live_server.ctx.tx() as db:
-        rows = db.scalars(select(AuditEntry.body).where(AuditEntry.event_type == "remote.recording_viewed"))
+        rows = db.scalars(
+            select(AuditEntry.body).where(AuditEntry.event_type == "remote.recording_viewed").order_by(AuditEntry.idx)
+        )
         return [json.loads(b) for b in rows]
 
 

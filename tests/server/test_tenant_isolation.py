@@ -78,7 +78,9 @@ def _assert_no_leak(response: httpx.Response, markers: list[str], where: str) ->
     # The page may echo the URL that was asked for (language links); that is not data of B.
     text = response.text.replace(response.request.url.path, "")
     for marker in markers:
-        assert marker not in text, f"{where} returned hospital B's {marker!r} to hospital A"
+        # A name counts only when it stands alone: "ICU" inside a base64 signature is not hospital B's ward.
+        found = re.search(rf"(?<![A-Za-z0-9]){re.escape(marker)}(?![A-Za-z0-9])", text)
+        assert found is None, f"{where} returned hospital B's {marker!r} to hospital A"
 
 
 @pytest.mark.parametrize("username", ["a-responsible", "a-admin", "a-auditor"])
@@ -141,3 +143,13 @@ def test_hospital_b_organisation_is_invisible_by_slug(live_server):
     assert r.json()["error"] == "unknown_organization"
     with live_server.ctx.tx() as s:
         assert s.scalar(select(Organization).where(Organization.slug == "hospital-b")) is not None
+
+
+def test_leak_check_finds_a_name_but_not_a_signature():
+    request = httpx.Request("GET", "http://127.0.0.1/api/v1/devices")
+    signature = httpx.Response(200, json={"signature": "3d8+AfpRrICUIkYhH8P/rq86"}, request=request)
+    _assert_no_leak(signature, ["ICU"], "GET /api/v1/audit/checkpoint")
+    for body in ({"site": "ICU"}, {"url": "/devices/IC300-0003/report"}):
+        leak = httpx.Response(200, json=body, request=request)
+        with pytest.raises(AssertionError, match="hospital B's"):
+            _assert_no_leak(leak, ["ICU", "IC300-0003"], "GET /api/v1/devices")
