@@ -25,8 +25,12 @@ lint: $(STAMP)
 
 CSAF_NODE := tests/advisories/node
 
+# Tests run in parallel, one worker per core, at most TEST_WORKERS_MAX (each holds databases and servers).
+TEST_WORKERS     ?= auto
+TEST_WORKERS_MAX ?= 4
+
 test: lint $(CSAF_NODE)/node_modules/.installed
-	$(BIN)/python -m pytest --traceability-gate $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses $(TEST_WORKERS_MAX) --traceability-gate $(PYTEST_ARGS)
 
 # The BSI CSAF validator (npm) for the advisory tests; skipped with a reason when npm is missing.
 $(CSAF_NODE)/node_modules/.installed: $(CSAF_NODE)/package-lock.json

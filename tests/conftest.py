@@ -3,9 +3,11 @@ context, and a real uvicorn server on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from sqlalchemy.engine import make_url
 from medsec.server.app import create_app
 from medsec.server.context import ServerContext, build_context, init_keys
 from medsec.server.migrate import upgrade
-from medsec.server.seed import Seed, seed
+from medsec.server.seed import Seed, SeedPasswords, seed
 from medsec.server.settings import Settings
 
 PG_ENV = "MEDSEC_TEST_DATABASE_URL"
@@ -58,15 +60,31 @@ def postgres_template() -> Iterator[tuple[str, str] | None]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database that each test copies, as PostgreSQL tests clone theirs."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "medsec.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_template: tuple[str, str] | None
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_template: tuple[str, str] | None,
 ) -> Iterator[str]:
     """A database at the newest schema: a SQLite file, or a PostgreSQL clone dropped afterwards."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'medsec.db'}"
-        upgrade(url)
-        yield url
+        path = tmp_path / "medsec.db"
+        # The backup API copies a consistent database whatever journal mode the template was left in.
+        with (
+            contextlib.closing(sqlite3.connect(sqlite_template)) as src,
+            contextlib.closing(sqlite3.connect(path)) as dst,
+        ):
+            src.backup(dst)
+        yield f"sqlite:///{path}"
         return
     if postgres_template is None:
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it; .ci/run starts PostgreSQL)")
@@ -102,9 +120,15 @@ def ctx(settings: Settings) -> Iterator[ServerContext]:
         context.close()
 
 
+@pytest.fixture(scope="session")
+def seed_passwords() -> SeedPasswords:
+    """The seed users' passwords, argon2-hashed once per session rather than once per database."""
+    return SeedPasswords.generate()
+
+
 @pytest.fixture
-def seeded(ctx: ServerContext) -> Seed:
-    return seed(ctx)
+def seeded(ctx: ServerContext, seed_passwords: SeedPasswords) -> Seed:
+    return seed(ctx, passwords=seed_passwords)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,16 +164,37 @@ def test_non_white_documents_stay_off_the_public_tree(tree: ProviderTree, psirt_
     assert not (tree.white / "index.txt").exists()
 
 
-def test_signing_uses_a_private_keyring_that_is_removed(tmp_path: Path, psirt_key: PsirtKey, monkeypatch) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+def test_signing_uses_a_private_keyring_that_is_removed(psirt_key: PsirtKey, monkeypatch) -> None:
     import tempfile
 
+    short = Path(tempfile.mkdtemp(prefix="gpg-", dir="/tmp"))  # room for the agent's sockets
+    try:
+        monkeypatch.setenv("TMPDIR", str(short))
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        with GpgSigner(psirt_key) as signer:
+            homes = list(short.glob("medsec-gpg-*"))
+            assert len(homes) == 1 and (homes[0].stat().st_mode & 0o777) == 0o700
+            signer.sign_detached(b"x")
+        assert list(short.glob("medsec-gpg-*")) == []
+    finally:
+        shutil.rmtree(short)
+
+
+def test_signing_works_under_a_temp_folder_too_deep_for_agent_sockets(
+    tmp_path: Path, psirt_key: PsirtKey, monkeypatch
+) -> None:
+    import tempfile
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
     monkeypatch.setattr(tempfile, "tempdir", None)
     with GpgSigner(psirt_key) as signer:
-        homes = list(tmp_path.glob("medsec-gpg-*"))
-        assert len(homes) == 1 and (homes[0].stat().st_mode & 0o777) == 0o700
-        signer.sign_detached(b"x")
-    assert list(tmp_path.glob("medsec-gpg-*")) == []
+        assert list(deep.glob("medsec-gpg-*")) == []  # the keyring went to a shorter folder
+        home = signer._home  # where this signer's private keyring is
+        assert home is not None and (home.stat().st_mode & 0o777) == 0o700
+        assert b"BEGIN PGP SIGNATURE" in signer.sign_detached(b"x")
+    assert not home.exists()
 
 
 def test_base_url_must_be_https() -> None:

@@ -22,6 +22,7 @@ from medsec.trace.errors import GateFailed, TraceError
 from medsec.trace.matrix import CaseResult, Matrix, Outcome, build_matrix, gate, write_matrix
 
 DEFAULT_DIR = "build/traceability"
+REPORT_PROPERTY = "requirements"
 _RANK = {Outcome.NOT_RUN: 0, Outcome.PASSED: 1, Outcome.SKIPPED: 2, Outcome.FAILED: 3}
 
 
@@ -44,6 +45,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "req(id): the handbook requirement (SM-, PA-, RA-, RL-) a test covers")
     if not hasattr(config, "workerinput"):  # only the controlling process writes the matrix
         config.pluginmanager.register(TraceabilityRecorder(config), "medsec-traceability")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Carry each test's IDs in its reports: with ``-n`` (pytest-xdist) the workers collect, not the
+    controlling process that writes the matrix."""
+    for item in items:
+        if reqs := requirements_of(item):
+            item.user_properties.append((REPORT_PROPERTY, reqs))
 
 
 def requirements_of(item: pytest.Item) -> tuple[str, ...]:
@@ -75,6 +85,9 @@ class TraceabilityRecorder:
             self.requirements[item.nodeid] = requirements_of(item)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == REPORT_PROPERTY:
+                self.requirements.setdefault(report.nodeid, tuple(value))
         outcome = _outcome_of(report)
         if outcome is None:
             return

@@ -162,3 +162,27 @@ def test_collect_only_lists_requirements_without_a_marked_test(tmp_path: Path) -
     result = run_pytest(tmp_path, "--collect-only", "--traceability-gate")
     assert result.returncode == 1
     assert "without a marked test: PA-2, RL-2" in result.stdout
+
+
+def test_gate_works_across_xdist_workers(tmp_path: Path) -> None:
+    """With ``-n 2`` the workers collect; the requirement IDs reach the matrix through the reports."""
+    _write(tmp_path, "test_most.py", _covering_all_but(("RA-3", "SM-1")))
+    _write(
+        tmp_path,
+        "test_rest.py",
+        """
+        import pytest
+
+        def test_ra3_in_the_name():
+            pass
+
+        @pytest.mark.req("SM-1")
+        def test_marked_but_failing():
+            assert False
+        """,
+    )
+    result = run_pytest(tmp_path, "-n", "2", "--traceability-gate")
+    assert result.returncode == 1, result.stdout
+    assert "bringing up nodes" in result.stdout  # the run did use xdist workers
+    matrix = json.loads((tmp_path / "build" / "traceability" / "matrix.json").read_text(encoding="utf-8"))
+    assert matrix["without_passing_test"] == ["SM-1"]

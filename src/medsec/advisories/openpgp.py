@@ -53,9 +53,23 @@ def _env(home: Path) -> dict[str, str]:
     return {"GNUPGHOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
 
+# gpg-agent puts its sockets in the home; a Unix socket path has at most 107 bytes.
+_SOCKET_PATH_MAX = 107
+_LONGEST_SOCKET = "S.gpg-agent.browser"
+_SHORT_TEMP = "/tmp"  # noqa: S108 - the fallback when TMPDIR is too deep for the agent's sockets
+
+
+def _temp_home() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="medsec-gpg-"))
+    if len(os.fsencode(home / _LONGEST_SOCKET)) <= _SOCKET_PATH_MAX:
+        return home
+    home.rmdir()
+    return Path(tempfile.mkdtemp(prefix="medsec-gpg-", dir=_SHORT_TEMP))
+
+
 @contextmanager
 def _gpg_home(gpg: str) -> Iterator[Path]:
-    home = Path(tempfile.mkdtemp(prefix="medsec-gpg-"))
+    home = _temp_home()
     home.chmod(0o700)
     try:
         yield home

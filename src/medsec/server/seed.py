@@ -6,6 +6,7 @@ Passwords and TOTP secrets are random for every seed; the caller prints or store
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from medsec.server import credentials
@@ -74,8 +75,26 @@ class Seed:
     tokens: dict[str, str] = field(default_factory=dict)  # username -> API token
 
 
-def seed(ctx: ServerContext, *, password_for: dict[str, str] | None = None) -> Seed:
+@dataclass(frozen=True)
+class SeedPasswords:
+    """A random password and its argon2id hash for every seed user.
+
+    Hashing is slow on purpose (about 0.1 s a password). Whoever seeds many databases (the test
+    suite seeds hundreds) makes these once and passes them to every :func:`seed`.
+    """
+
+    passwords: Mapping[str, str]
+    hashes: Mapping[str, str]
+
+    @classmethod
+    def generate(cls) -> SeedPasswords:
+        passwords = {username: secrets.token_urlsafe(12) for username, *_ in USERS}
+        return cls(passwords, {u: credentials.hash_password(p) for u, p in passwords.items()})
+
+
+def seed(ctx: ServerContext, *, passwords: SeedPasswords | None = None) -> Seed:
     """Create the demo organisations, users (privileged ones with a confirmed TOTP), model and devices."""
+    prepared = passwords or SeedPasswords.generate()
     users: dict[str, SeedUser] = {}
     tokens: dict[str, str] = {}
     seed_devices: list[SeedDevice] = []
@@ -91,7 +110,7 @@ def seed(ctx: ServerContext, *, password_for: dict[str, str] | None = None) -> S
             for site_name in site_names:
                 sites[(slug, site_name)] = accounts.create_site(session, ctx.audit, None, org, site_name)
         for username, org_slug, roles, display in USERS:
-            password = (password_for or {}).get(username) or secrets.token_urlsafe(12)
+            password = prepared.passwords[username]
             user = accounts.create_user(
                 session,
                 ctx.audit,
@@ -100,6 +119,7 @@ def seed(ctx: ServerContext, *, password_for: dict[str, str] | None = None) -> S
                 username=username,
                 display_name=display,
                 password=password,
+                password_hash=prepared.hashes[username],
                 roles=set(roles),
                 locale="ja" if org_slug.startswith("hospital") else "en",
             )

@@ -160,7 +160,10 @@ def create_user(
     roles: set[Role],
     email: str | None = None,
     locale: str = "en",
+    password_hash: str | None = None,
 ) -> User:
+    """Add a user. ``password_hash``, when given, is ``credentials.hash_password(password)`` made
+    earlier (the seed reuses its hashes); the password's rules are checked all the same."""
     if actor is not None and not _may_manage_users(actor, org):
         raise PermissionDenied("role_required", "only an admin of this organisation can add users")
     if not USERNAME_RE.match(username):
@@ -177,7 +180,7 @@ def create_user(
         username=username,
         display_name=display_name.strip() or username,
         email=email,
-        password_hash=credentials.hash_password(password),
+        password_hash=password_hash or credentials.hash_password(password),
         locale=locale,
         totp_confirmed=False,
         totp_last_step=0,
