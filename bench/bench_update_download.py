@@ -16,20 +16,30 @@ CPU seconds (all threads of this process, the server's included) are printed too
 machine shared with other work, wall time follows CPU time, and the CPU ratio shows what the
 verification costs when no core is idle.
 
-Target: medsec <= 1.2 x plain. Run: ``.venv/bin/python bench/bench_update_download.py [--mb 50] [--runs 3]``.
+``--link`` picks the network between device and server. ``loopback`` (the default) is the
+harshest case: the file arrives at memory speed, so the fixed costs (the metadata round trips,
+the fsync) weigh the most. ``1gbit`` and ``100mbit`` (root only) put the server in its own
+network namespace behind a veth pair shaped with ``tc tbf``, like a device on a hospital LAN; the
+server is then a separate process, and the CPU figures are the device's alone.
+
+Target: medsec <= 1.2 x plain.
+Run: ``.venv/bin/python bench/bench_update_download.py [--mb 50] [--runs 3] [--link loopback|1gbit|100mbit]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -49,6 +59,86 @@ from tests.updates.device.repo_builder import (  # noqa: E402
 
 from medsec.updates.client import UpdateClient, UpdatePaths  # noqa: E402
 from medsec.updates.fetcher import HttpxFetcher  # noqa: E402
+
+LINK_RATES = {"loopback": None, "1gbit": "1gbit", "100mbit": "100mbit"}
+
+# Runs in the server's network namespace: the bench's file server on the given address until stdin closes.
+_SERVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from tests.updates.device.range_server import serve
+with serve(Path(sys.argv[1]), host=sys.argv[2]) as (url, _):
+    print(url, flush=True)
+    sys.stdin.read()
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+@contextlib.contextmanager
+def server_for(www: Path, link: str) -> Iterator[str]:
+    """The file server's base URL: in this process on loopback, or behind a shaped veth link."""
+    rate = LINK_RATES[link]
+    if rate is None:
+        with serve(www) as (url, _):
+            yield url
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"--link {link} needs root (a network namespace, a veth pair and tc)")
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"msbench-{tag}", f"msb{tag}h", f"msb{tag}n"
+    net = f"10.213.{int(tag[:2], 16)}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        _ip("addr", "add", f"{net}.1/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", ns, "addr", "add", f"{net}.2/30", "dev", ns_if)
+        _ip("-n", ns, "link", "set", ns_if, "up")
+        # Shape what the server sends (the download direction) to the link's rate.
+        subprocess.run(
+            [
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "add",
+                "dev",
+                ns_if,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "512kb",
+                "latency",
+                "50ms",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=20,
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _SERVER, str(www), f"{net}.2", str(ROOT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            if not url.startswith("http://"):
+                raise SystemExit("the file server in the bench namespace did not start")
+            yield url
+        finally:
+            if server.stdin is not None:
+                server.stdin.close()
+            server.wait(timeout=20)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=20)  # takes the veth pair
 
 
 def plain_download(http: httpx.Client, url: str, out: Path, *, fsync: bool = False) -> None:
@@ -85,6 +175,7 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
+    parser.add_argument("--link", choices=sorted(LINK_RATES), default="loopback", help="network to the server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-update-", dir=args.dir))
     try:
@@ -97,10 +188,13 @@ def main() -> int:
         image.publish()
         director.assign(target)
         url_path = image.target_file(target.path).relative_to(www)
-        print(f"target: {len(big.data) / 1e6:.1f} MB, {args.runs} runs each, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"target: {len(big.data) / 1e6:.1f} MB, {args.runs} runs each, link {args.link}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         wall: dict[str, list[float]] = {"plain": [], "plain+fsync": [], "medsec": [], "check": []}
         cpu: dict[str, list[float]] = {name: [] for name in wall}
-        with serve(www) as (url, _), HttpxFetcher() as fetcher, httpx.Client() as http:
+        with server_for(www, args.link) as url, HttpxFetcher() as fetcher, httpx.Client() as http:
             for run in range(args.runs):
                 root = work / f"device-{run}"
                 provision(root, image.root_bytes, director.root_bytes, factory)

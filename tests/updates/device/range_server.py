@@ -1,4 +1,4 @@
-"""A static file server on 127.0.0.1 with HTTP Range support and switchable misbehaviour."""
+"""A static file server (127.0.0.1 unless told) with HTTP Range support and switchable misbehaviour."""
 
 from __future__ import annotations
 
@@ -80,20 +80,22 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, www: Path, behaviour: Behaviour) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, www: Path, behaviour: Behaviour, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
         self.www = www.resolve()
         self.behaviour = behaviour
 
 
 @contextmanager
-def serve(www: Path, behaviour: Behaviour | None = None) -> Iterator[tuple[str, Behaviour]]:
+def serve(
+    www: Path, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[tuple[str, Behaviour]]:
     behaviour = behaviour or Behaviour()
-    server = _Server(www, behaviour)
+    server = _Server(www, behaviour, host, port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", behaviour
+        yield f"http://{host}:{server.server_address[1]}", behaviour
     finally:
         server.shutdown()
         server.server_close()
