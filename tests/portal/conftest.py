@@ -1,10 +1,11 @@
-"""Portal helpers: sign in through the real forms, fresh TOTP codes, devices that have checked in."""
+"""Portal helpers: sign in through the real forms (over HTTP or in headless Chromium), fresh TOTP codes, devices
+that have checked in."""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from medsec.crypto.keys import SigningKey
 from medsec.protocol import EnrollmentRequest, VersionReport
 from medsec.server.seed import SeedUser
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-sync"]
+# The login forms' visible labels: username, sign-in button, code field, verify button.
+LOGIN_LABELS = {
+    "ja": ("ユーザー名", "ログイン", "6 桁のコード", "検証"),
+    "en": ("Username", "Sign in", "6-digit code", "Verify"),
+}
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -75,6 +83,49 @@ def sign_in(client: httpx.Client, user: SeedUser, totp: TotpCodes, *, next_path:
         location = answer.headers["location"]
     assert location == next_path
     return client.get(location)
+
+
+@pytest.fixture
+def new_page() -> Iterator[Callable[[str], Any]]:
+    """Opens pages in Debian's headless Chromium: ``new_page("ja-JP")`` gives a page of a fresh browser profile
+    with that locale. Every page of a test shares one browser."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright's Python package")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        contexts: list[Any] = []
+
+        def open_page(locale: str) -> Any:
+            context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900}, accept_downloads=True)
+            contexts.append(context)
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            return page
+
+        try:
+            yield open_page
+        finally:
+            for context in contexts:
+                context.close()
+            browser.close()
+
+
+def sign_in_browser(
+    page: Any, base_url: str, user: SeedUser, totp: TotpCodes, *, next_path: str | None = None, lang: str
+) -> None:
+    """Password, then the one-time code, typed into the login forms in ``lang`` ("ja" or "en").
+
+    With ``next_path`` the page first opens that path, which the portal answers with its login form and returns to
+    afterwards; without it the login form must already be showing."""
+    username, sign_in_button, code, verify = LOGIN_LABELS[lang]
+    if next_path is not None:
+        page.goto(f"{base_url}{next_path}")
+    page.get_by_label(username).fill(user.username)
+    page.locator("#password").fill(user.password)
+    page.get_by_role("button", name=sign_in_button).click()
+    page.get_by_label(code).fill(totp.next(user))
+    page.get_by_role("button", name=verify).click()
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from conftest import csrf_of, sign_in
+from conftest import csrf_of, sign_in, sign_in_browser
 from medsec.server.models import AuditEntry
 from medsec.server.models_vulns import LifecycleOverrideRow, PublishedAdvisory, ReleaseLifecycleRow
 from medsec.server.seed import MODEL
@@ -205,43 +204,36 @@ def test_psirt_sends_the_eos_notice_from_the_form(
     assert {e["actor"] for e in _events(live_server.ctx, "advisory.published")} == {"maker-psirt"}
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_legacy_plan_typed_in_chromium_reaches_the_hospital(
-    live_server: Any, totp: Any, lifecycle_release: int
+    new_page: Any, live_server: Any, totp: Any, lifecycle_release: int
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from test_milestones_forms_browser import CHROMIUM_ARGS, signed_in_page
+    users = live_server.seed.users
+    maker = new_page("en-US")
+    sign_in_browser(maker, live_server.url, users["maker-admin"], totp, next_path="/vulns/lifecycle", lang="en")
+    assert maker.url.endswith("/vulns/lifecycle")
+    maker.get_by_text(f"Write the legacy plan of {PRODUCT} {VERSION}").click()
+    form = maker.get_by_role("form", name=f"Legacy plan of {PRODUCT} {VERSION}")
+    control = form.get_by_role("group", name="Compensating control 1")
+    control.get_by_label("Identifier").fill("segment")
+    control.get_by_label("Title (English)").fill("Isolate the pump network")
+    control.get_by_label("Title (Japanese)").fill("ポンプ用ネットワークの分離")
+    control.get_by_label("Description (English)").fill("Put the pumps on their own VLAN.")
+    control.get_by_label("Description (Japanese)").fill("ポンプを専用VLANに置いてください。")
+    form.get_by_label("Replacement path (English)").fill("Install 3.0.")
+    form.get_by_label("Replacement path (Japanese)").fill("3.0 を適用してください。")
+    for number, (day, what) in enumerate((("2030-01-31", "EOL"), ("2031-01-31", "EOS")), start=1):
+        step = form.get_by_role("group", name=f"Timeline step {number}")
+        step.get_by_label("Date").fill(day)
+        step.get_by_label("What happens (English)").fill(what)
+        step.get_by_label("What happens (Japanese)").fill(what)
+    form.get_by_role("button", name="Save legacy plan").click()
+    assert maker.get_by_role("status").filter(has_text="Saved.").is_visible()
+    assert "Isolate the pump network" in maker.locator("pre.plan").first.inner_text()
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            maker = signed_in_page(browser, live_server, totp, "maker-admin", "/vulns/lifecycle", "en-US")
-            maker.get_by_text(f"Write the legacy plan of {PRODUCT} {VERSION}").click()
-            form = maker.get_by_role("form", name=f"Legacy plan of {PRODUCT} {VERSION}")
-            control = form.get_by_role("group", name="Compensating control 1")
-            control.get_by_label("Identifier").fill("segment")
-            control.get_by_label("Title (English)").fill("Isolate the pump network")
-            control.get_by_label("Title (Japanese)").fill("ポンプ用ネットワークの分離")
-            control.get_by_label("Description (English)").fill("Put the pumps on their own VLAN.")
-            control.get_by_label("Description (Japanese)").fill("ポンプを専用VLANに置いてください。")
-            form.get_by_label("Replacement path (English)").fill("Install 3.0.")
-            form.get_by_label("Replacement path (Japanese)").fill("3.0 を適用してください。")
-            for number, (day, what) in enumerate((("2030-01-31", "EOL"), ("2031-01-31", "EOS")), start=1):
-                step = form.get_by_role("group", name=f"Timeline step {number}")
-                step.get_by_label("Date").fill(day)
-                step.get_by_label("What happens (English)").fill(what)
-                step.get_by_label("What happens (Japanese)").fill(what)
-            form.get_by_role("button", name="Save legacy plan").click()
-            assert maker.get_by_role("status").filter(has_text="Saved.").is_visible()
-            assert "Isolate the pump network" in maker.locator("pre.plan").first.inner_text()
-
-            hospital = signed_in_page(browser, live_server, totp, "a-responsible", "/vulns/lifecycle", "ja-JP")
-            plan = hospital.locator("pre.plan").first.inner_text()
-            assert "ポンプ用ネットワークの分離" in plan and "3.0 を適用してください。" in plan
-            assert hospital.get_by_role("button", name="レガシー対応計画を保存").count() == 0
-        finally:
-            browser.close()
+    hospital = new_page("ja-JP")
+    sign_in_browser(hospital, live_server.url, users["a-responsible"], totp, next_path="/vulns/lifecycle", lang="ja")
+    assert hospital.url.endswith("/vulns/lifecycle")
+    plan = hospital.locator("pre.plan").first.inner_text()
+    assert "ポンプ用ネットワークの分離" in plan and "3.0 を適用してください。" in plan
+    assert hospital.get_by_role("button", name="レガシー対応計画を保存").count() == 0

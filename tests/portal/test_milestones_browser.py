@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +12,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server" / "milestones"))
 from milestone_support import principal, published_release
 
+from conftest import sign_in_browser
 from medsec.server.models import Release
 from medsec.server.services import milestones
 from medsec.server.services.milestones import MilestoneKind
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.req("SM-2"),
-    pytest.mark.req("SM-4"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.req("SM-2"), pytest.mark.req("SM-4")]
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                locale="ja-JP", viewport={"width": 1280, "height": 900}, accept_downloads=True
-            )
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            yield page
-            context.close()
-        finally:
-            browser.close()
-
-
-def test_responsible_person_acknowledges_a_release_package(browser_page: Any, live_server: Any, totp: Any) -> None:
+def test_responsible_person_acknowledges_a_release_package(new_page: Any, live_server: Any, totp: Any) -> None:
     ctx = live_server.ctx
     rid = published_release(ctx, "2.0")
     actor = principal(ctx, "maker-release")
@@ -55,14 +28,9 @@ def test_responsible_person_acknowledges_a_release_package(browser_page: Any, li
         release = s.get(Release, rid)
         mid = milestones.assemble(s, ctx.audit, actor, release, MilestoneKind.RELEASE, today=dt.date(2027, 1, 1)).id
 
-    page = browser_page
+    page = new_page("ja-JP")
     user = live_server.seed.users["a-responsible"]
-    page.goto(f"{live_server.url}/milestones")
-    page.locator("#username").fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name="ログイン").click()
-    page.get_by_label("6 桁のコード").fill(totp.next(user))
-    page.get_by_role("button", name="検証").click()
+    sign_in_browser(page, live_server.url, user, totp, next_path="/milestones", lang="ja")
 
     assert page.url.endswith("/milestones")
     assert page.get_by_role("heading", name="マイルストーン文書", level=1).is_visible()

@@ -4,7 +4,6 @@ responsible person finds it in their list (SM-2, SM-4)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,50 +12,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server" / "milestones"))
 from milestone_support import PRODUCT, published_release
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-BUTTONS = {"en-US": ("Sign in", "Verify"), "ja-JP": ("ログイン", "検証")}
+from conftest import sign_in_browser
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.req("SM-2"),
-    pytest.mark.req("SM-4"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.req("SM-2"), pytest.mark.req("SM-4")]
 
 
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def signed_in_page(browser: Any, live_server: Any, totp: Any, username: str, path: str, locale: str) -> Any:
-    """A page of a fresh browser profile, signed in through the login and second-factor forms."""
-    page = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900}).new_page()
-    page.set_default_timeout(15_000)
-    user = live_server.seed.users[username]
-    sign_in_label, verify_label = BUTTONS[locale]
-    page.goto(f"{live_server.url}{path}")
-    page.locator("#username").fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name=sign_in_label).click()
-    page.locator("#code").fill(totp.next(user))
-    page.get_by_role("button", name=verify_label).click()
-    assert page.url.endswith(path)
-    return page
-
-
-def test_engineer_assembles_a_package_and_the_hospital_finds_it(chromium: Any, live_server: Any, totp: Any) -> None:
+def test_engineer_assembles_a_package_and_the_hospital_finds_it(new_page: Any, live_server: Any, totp: Any) -> None:
     published_release(live_server.ctx, "2.0")
-    maker = signed_in_page(chromium, live_server, totp, "maker-release", "/milestones", "en-US")
+    users = live_server.seed.users
+    maker = new_page("en-US")
+    sign_in_browser(maker, live_server.url, users["maker-release"], totp, next_path="/milestones", lang="en")
+    assert maker.url.endswith("/milestones")
     form = maker.get_by_role("region", name="Assemble a milestone package")
     form.get_by_label("Release").select_option(label=f"{PRODUCT} 2.0")
     form.get_by_label("Milestone").select_option(label="Release")
@@ -66,7 +32,9 @@ def test_engineer_assembles_a_package_and_the_hospital_finds_it(chromium: Any, l
     assert deliveries.get_by_role("row").count() == 3  # header and both hospitals with the product
     milestone_path = maker.url.removeprefix(live_server.url)
 
-    hospital = signed_in_page(chromium, live_server, totp, "a-responsible", "/milestones", "ja-JP")
+    hospital = new_page("ja-JP")
+    sign_in_browser(hospital, live_server.url, users["a-responsible"], totp, next_path="/milestones", lang="ja")
+    assert hospital.url.endswith("/milestones")
     assert hospital.get_by_role("heading", name="マイルストーン文書", level=1).is_visible()
     assert hospital.get_by_role("region", name="マイルストーンパッケージの作成").count() == 0
     hospital.get_by_role("link", name=f"{PRODUCT} 2.0").click()

@@ -4,57 +4,16 @@ hospital's devices, verify the audit log, in English and in Japanese (switched t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from conftest import sign_in_browser
+
 SCREENSHOTS = Path(os.environ.get("MEDSEC_PORTAL_SCREENSHOTS", "/tmp/medsec-portal-screenshots"))
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-]
-
-
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            yield page
-            context.close()
-        finally:
-            browser.close()
-
-
-def _sign_in(page: Any, user: Any, totp: Any, *, sign_in: str, code_label: str, verify: str) -> None:
-    page.get_by_label(user_label(page)).fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name=sign_in).click()
-    page.get_by_label(code_label).fill(totp.next(user))
-    page.get_by_role("button", name=verify).click()
-
-
-def user_label(page: Any) -> str:
-    return page.locator('label[for="username"]').inner_text()
+pytestmark = pytest.mark.browser
 
 
 def _screenshot(page: Any, name: str) -> None:
@@ -64,13 +23,13 @@ def _screenshot(page: Any, name: str) -> None:
 
 @pytest.mark.req("PA-1")
 @pytest.mark.req("RA-2")
-def test_hospital_user_in_english(browser_page: Any, live_server: Any, totp: Any, checked_in: Any) -> None:
-    page = browser_page
+def test_hospital_user_in_english(new_page: Any, live_server: Any, totp: Any, checked_in: Any) -> None:
+    page = new_page("en-US")
     user = live_server.seed.users["a-responsible"]  # prefers Japanese; the switch overrides that
     page.goto(f"{live_server.url}/devices")
     page.get_by_role("link", name="English").click()
     assert page.locator("html").get_attribute("lang") == "en"
-    _sign_in(page, user, totp, sign_in="Sign in", code_label="6-digit code", verify="Verify")
+    sign_in_browser(page, live_server.url, user, totp, lang="en")
 
     assert page.url.endswith("/devices")
     assert page.locator("html").get_attribute("lang") == "en"
@@ -93,15 +52,15 @@ def test_hospital_user_in_english(browser_page: Any, live_server: Any, totp: Any
 
 @pytest.mark.req("PA-1")
 @pytest.mark.req("RA-2")
-def test_manufacturer_in_japanese(browser_page: Any, live_server: Any, totp: Any, checked_in: Any) -> None:
-    page = browser_page
+def test_manufacturer_in_japanese(new_page: Any, live_server: Any, totp: Any, checked_in: Any) -> None:
+    page = new_page("en-US")
     user = live_server.seed.users["maker-admin"]
     page.goto(f"{live_server.url}/login")
     assert page.locator("html").get_attribute("lang") == "en"
     page.get_by_role("link", name="日本語").click()
     assert page.locator("html").get_attribute("lang") == "ja"
     _screenshot(page, "login-ja.png")
-    _sign_in(page, user, totp, sign_in="ログイン", code_label="6 桁のコード", verify="検証")
+    sign_in_browser(page, live_server.url, user, totp, lang="ja")
 
     assert page.url.endswith("/devices")
     assert page.get_by_role("heading", name="機器", level=1).is_visible()

@@ -4,18 +4,15 @@ in English and Japanese, over httpx and in a real headless Chromium (RL-1, RL-3,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import sign_in
+from conftest import sign_in, sign_in_browser
 from medsec.protect.events import Metrics, Object, ProtectionEvent, Subject
 from medsec.protect.wire import SIGNATURE_HEADER, EngineState, build_batch
 
-CHROMIUM = Path("/usr/bin/chromium")
 A_SERIAL, B_SERIAL = "IC300-0001", "IC300-0003"
 A_EXE, B_EXE = "/opt/device/tmp/a-dropper", "/opt/device/tmp/b-secret-dropper"
 
@@ -139,39 +136,16 @@ def test_older_agent_off_report_is_shown_as_off(
     assert "<dd>3</dd>" in page.text  # the policy version without the reason
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            yield page
-            context.close()
-        finally:
-            browser.close()
-
-
 @pytest.mark.browser
 @pytest.mark.req("PA-1")
 def test_hospital_user_sees_own_blocked_execution_in_chromium(
-    browser_page: Any, live_server: Any, totp: Any, protected: Any
+    new_page: Any, live_server: Any, totp: Any, protected: Any
 ) -> None:
-    page = browser_page
+    page = new_page("en-US")
     user = live_server.seed.users["a-responsible"]
     page.goto(f"{live_server.url}/login")
     page.get_by_role("link", name="English").click()
-    page.locator("#username").fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_label("6-digit code").fill(totp.next(user))
-    page.get_by_role("button", name="Verify").click()
+    sign_in_browser(page, live_server.url, user, totp, lang="en")
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Protection").click()
     assert page.get_by_role("heading", name="Device protection", level=1).is_visible()

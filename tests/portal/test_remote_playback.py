@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from test_portal_browser import CHROMIUM, CHROMIUM_ARGS
 
-from conftest import sign_in
+from conftest import sign_in, sign_in_browser
 from medsec.remote.recording import AsciicastRecorder
 from medsec.server.models import AuditEntry
 from medsec.server.services import remote_sessions as remote
@@ -108,40 +106,15 @@ def test_service_report_over_the_api_is_tenant_scoped(live_server: Any, tmp_path
     assert bad.status_code == 422
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                locale="ja-JP", viewport={"width": 1280, "height": 900}, accept_downloads=True
-            )
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            yield page
-            context.close()
-        finally:
-            browser.close()
-
-
 @pytest.mark.browser
 @pytest.mark.req("RA-2")
 @pytest.mark.req("RA-5")
-def test_hospital_watches_the_recording_in_chromium(
-    browser_page: Any, live_server: Any, totp: Any, tmp_path: Path
-) -> None:
+def test_hospital_watches_the_recording_in_chromium(new_page: Any, live_server: Any, totp: Any, tmp_path: Path) -> None:
     sid, _rec_id, _cast = _session_with_recording(live_server, tmp_path)
-    page = browser_page
+    page = new_page("ja-JP")
     user = live_server.seed.users["a-responsible"]  # prefers Japanese
     page.goto(f"{live_server.url}/login?next=/maintenance/{sid}")
-    page.locator("#username").fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name="ログイン").click()
-    page.get_by_label("6 桁のコード").fill(totp.next(user))
-    page.get_by_role("button", name="検証").click()
+    sign_in_browser(page, live_server.url, user, totp, lang="ja")
     page.goto(f"{live_server.url}/maintenance/{sid}")
     page.get_by_role("link", name="記録 1 を再生").click()
     assert page.get_by_role("heading", name=f"セッション {sid} の記録").is_visible()

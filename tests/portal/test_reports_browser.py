@@ -6,42 +6,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import sign_in_browser
 from medsec.crypto.keys import VerifyKey
 from medsec.reports.signing import verify_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-sync"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.req("RA-6"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-]
-
-
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                locale="ja-JP", accept_downloads=True, viewport={"width": 1280, "height": 900}
-            )
-            tab = context.new_page()
-            tab.set_default_timeout(30_000)
-            yield tab
-            context.close()
-        finally:
-            browser.close()
+pytestmark = [pytest.mark.browser, pytest.mark.req("RA-6")]
 
 
 def _download(page: Any, link_name: str, into: Path) -> bytes:
@@ -53,15 +27,12 @@ def _download(page: Any, link_name: str, into: Path) -> bytes:
 
 
 def test_hospital_user_requests_and_downloads_a_signed_report(
-    page: Any, live_server: Any, totp: Any, checked_in: Any, tmp_path: Path
+    new_page: Any, live_server: Any, totp: Any, checked_in: Any, tmp_path: Path
 ) -> None:
+    page = new_page("ja-JP")
+    page.set_default_timeout(30_000)  # the signed PDF is built while the browser waits
     user = live_server.seed.users["a-responsible"]  # a Japanese-speaking responsible person with TOTP
-    page.goto(f"{live_server.url}/reports")
-    page.locator("#username").fill(user.username)
-    page.locator("#password").fill(user.password)
-    page.get_by_role("button", name="ログイン").click()
-    page.get_by_label("6 桁のコード").fill(totp.next(user))
-    page.get_by_role("button", name="検証").click()
+    sign_in_browser(page, live_server.url, user, totp, next_path="/reports", lang="ja")
 
     assert page.url.endswith("/reports")
     assert page.get_by_role("heading", name="報告書", level=1).is_visible()
