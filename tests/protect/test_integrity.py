@@ -18,11 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from medsec.cli.main import app
+from medsec.crypto.envelope import seal
 from medsec.crypto.keys import SigningKey
 from medsec.protect.errors import IntegrityError
 from medsec.protect.events import ProtectionEvent
 from medsec.protect.integrity import (
     AGENT_FILES,
+    PAYLOAD_TYPE,
+    SLOTS_DIR,
     Baseline,
     IntegrityMonitor,
     KnownGood,
@@ -216,6 +219,25 @@ def test_notification_for_an_unprotected_path_costs_nothing(device: Device) -> N
     _write(heartbeat, b"1\n", 0o644)
     assert device.monitor.check_paths([str(heartbeat), "/elsewhere/entirely"]) == []
     assert device.monitor.stats.path_checks == 0
+
+
+def test_baseline_never_covers_the_update_slots(device: Device) -> None:
+    """An update replaces the slot's files; a baseline over them would restore the old release."""
+    assert not any(rel.startswith(f"{SLOTS_DIR}/") for rel, _kind in AGENT_FILES)
+    with pytest.raises(IntegrityError, match="A/B slots, which every update replaces"):
+        build_baseline(device.root, [("slots/current/bin", "binary")], label="x")
+    document = device.baseline.to_document()
+    document["files"].append(
+        {
+            "path": "slots/current/.medsec-slot/trustdb.json",
+            "kind": "agent",
+            "sha256": "00" * 32,
+            "size": 1,
+            "mode": 420,
+        }
+    )
+    with pytest.raises(IntegrityError, match=r"files\[6\]\.path 'slots/current/.*A/B slots"):
+        load_baseline(seal(document, PAYLOAD_TYPE, [device.key]), [device.key.verify_key])
 
 
 def test_baseline_refuses_paths_outside_the_root_and_empty_input(tmp_path: Path) -> None:

@@ -54,12 +54,16 @@ KINDS = ("binary", "config", "agent", "log")
 _CHUNK = 1 << 20
 _FIELDS = frozenset({"path", "kind", "sha256", "size", "mode"})
 
+# The A/B slots below a device root (medsec.updates.client.UpdatePaths.slots_dir). Every update
+# replaces their content, which the slot's signed manifest and the trust database protect; fixed
+# hashes in a baseline would make the monitor put an old release's files back after an update.
+SLOTS_DIR = "slots"
+
 # Where the agent's own files live under a device root (medsec.agent.config.DeviceLayout and
 # medsec.updates): settings and policies, the public trust roots, and its logs.
 AGENT_FILES: tuple[tuple[str, str], ...] = (
     ("etc/medsec", "config"),
     ("usr/share/medsec/trust", "agent"),
-    ("slots/current/.medsec-slot/trustdb.json", "agent"),
     ("var/log/medsec", "log"),
 )
 
@@ -88,6 +92,11 @@ def _safe_relpath(value: Any, what: str) -> str:
     parts = PurePosixPath(value).parts
     if value.startswith("/") or any(p in ("..", ".") for p in value.split("/")) or not parts:
         raise IntegrityError(f"{what} {value!r} must be relative to the device root, without '..'")
+    if parts[0] == SLOTS_DIR:
+        raise IntegrityError(
+            f"{what} {value!r} is in the A/B slots, which every update replaces; the slot's signed manifest "
+            "and the trust database protect them, not the baseline"
+        )
     return value
 
 
