@@ -19,8 +19,8 @@ Configurations, measured in the same run:
   the machine's own mounts and configuration are never touched. If that cannot be set up it is
   skipped with the reason.
 
-Also printed: medsec's decision latency p50/p99 (event read to answer; targets <= 20 us / <= 250 us)
-and the added latency per exec against the baseline.
+Also printed: medsec's decision latency p50/p99 (from the event's read to the answer handed to the
+kernel; targets <= 20 us / <= 250 us) and the added latency per exec against the baseline.
 
 Configurations are interleaved over --rounds rounds (default 3) and medians reported, because the
 machine is shared and exec timings drift.

@@ -48,6 +48,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from medsec.protect.errors import FanotifyError, ProtectError
 from medsec.protect.events import Metrics, Object, ProtectionEvent, Subject
@@ -366,10 +367,12 @@ class _Pending:
     path: str | None = None
     subject_exe: str | None = None
     answered: bool = False
+    # When the answer went to the kernel (just before the write): the end of the decision latency.
+    # The write itself can return much later, when waking the waiting process hands it this core.
+    answered_at: float = 0.0
 
 
-@dataclass(frozen=True)
-class _Outcome:
+class _Outcome(NamedTuple):  # a tuple: made on every decision, and cheaper to make than a frozen dataclass
     allow: bool
     rule: str
     action: str
@@ -609,13 +612,14 @@ class Engine:
             event.close()
 
     def _answer_now(self, fan: Fanotify, event: FanotifyEvent, received: float, outcome: _Outcome) -> None:
+        answered_at = time.monotonic()
         try:
             fan.respond(event.fd, outcome.allow)
         except FanotifyError as e:
             self._emit_error("respond_failed", str(e))
         finally:
             event.close()
-        self.metrics.record(outcome.rule, (time.monotonic() - received) * 1e6, cache_hit=outcome.cache_hit)
+        self.metrics.record(outcome.rule, (answered_at - received) * 1e6, cache_hit=outcome.cache_hit)
 
     def _fast_decision(self, pending: _Pending) -> _Outcome | None:
         """Answers that need no hashing: exclusions, opens that are not script loads, cache hits."""
@@ -759,6 +763,7 @@ class Engine:
             if pending.answered:
                 return False
             pending.answered = True
+            pending.answered_at = time.monotonic()
             fan = self._fan
             if fan is None:
                 return True
@@ -772,7 +777,7 @@ class Engine:
     def _finish(self, pending: _Pending, outcome: _Outcome) -> None:
         if not self._claim_and_respond(pending, outcome.allow):
             return
-        latency = (time.monotonic() - pending.received) * 1e6
+        latency = (pending.answered_at - pending.received) * 1e6
         depth = 0 if outcome.cache_hit else self._queue.qsize()
         self.metrics.record(outcome.rule, latency, cache_hit=outcome.cache_hit, queue_depth=depth)
         self._latencies.append(latency)  # deque.append is atomic
@@ -785,7 +790,7 @@ class Engine:
         if not self._claim_and_respond(pending, allow):
             return
         rule = "deadline_fail_open" if allow else "deadline_fail_closed"
-        latency = (time.monotonic() - pending.received) * 1e6
+        latency = (pending.answered_at - pending.received) * 1e6
         self.metrics.record(rule, latency, cache_hit=False, queue_depth=self._queue.qsize())
         with self._lock:
             self._latencies.append(latency)
