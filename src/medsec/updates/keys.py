@@ -413,9 +413,10 @@ def revoke_key(
     if not isinstance(target, ImageRepository):
         history.append(md)
         return RevocationResult(md.signed.version, ())
-    resigned = _resign_after_revocation(
-        target, md, role, compromised_keyid, replacement, online, other_targets_signers, now
-    )
+    with target.writing():
+        resigned = _resign_after_revocation(
+            target, md, role, compromised_keyid, replacement, online, other_targets_signers, now
+        )
     return RevocationResult(md.signed.version, resigned)
 
 

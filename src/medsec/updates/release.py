@@ -394,35 +394,36 @@ def sign_release(
     info = read_bundle(bundle)
     if info.product != repo.product:
         raise ReleaseError(f"bundle is for product {info.product!r}, repository is {repo.product!r}")
-    existing = repo.signed_targets()
-    if info.target_name in existing:
-        raise ReleaseError(f"{info.target_name} is already signed; a released version is never re-signed")
-    highest = max((_counter(t) for t in existing.values()), default=0)
-    if info.release_counter <= highest:
-        raise ReleaseCounterNotIncreasing(
-            f"release_counter {info.release_counter} is not greater than {highest}, "
-            f"the highest already signed for {repo.product}"
-        )
-    old_targets = repo.load_targets()
-    targets = copy.deepcopy(old_targets.signed)
-    targets.version += 1
-    targets.expires = expiry(now, repo.policy.targets)
-    targets_md = Metadata(targets)
-    sign_role(targets_md, repo.root().signed, "targets", signers)
+    with repo.writing():  # the next targets and bin versions are ours alone
+        existing = repo.signed_targets()
+        if info.target_name in existing:
+            raise ReleaseError(f"{info.target_name} is already signed; a released version is never re-signed")
+        highest = max((_counter(t) for t in existing.values()), default=0)
+        if info.release_counter <= highest:
+            raise ReleaseCounterNotIncreasing(
+                f"release_counter {info.release_counter} is not greater than {highest}, "
+                f"the highest already signed for {repo.product}"
+            )
+        old_targets = repo.load_targets()
+        targets = copy.deepcopy(old_targets.signed)
+        targets.version += 1
+        targets.expires = expiry(now, repo.policy.targets)
+        targets_md = Metadata(targets)
+        sign_role(targets_md, repo.root().signed, "targets", signers)
 
-    bin_name = repo.succinct_roles(targets).get_role_for_target(info.target_name)
-    old_bin = repo.load_targets(bin_name)
-    b = copy.deepcopy(old_bin.signed)
-    b.version += 1
-    b.expires = expiry(now, repo.policy.bins)
-    b.targets[info.target_name] = info.target_file()
-    bin_md = Metadata(b)
-    sign_role(bin_md, targets, bin_name, signers)
+        bin_name = repo.succinct_roles(targets).get_role_for_target(info.target_name)
+        old_bin = repo.load_targets(bin_name)
+        b = copy.deepcopy(old_bin.signed)
+        b.version += 1
+        b.expires = expiry(now, repo.policy.bins)
+        b.targets[info.target_name] = info.target_file()
+        bin_md = Metadata(b)
+        sign_role(bin_md, targets, bin_name, signers)
 
-    repo.write_versioned(bin_name, bin_md)
-    repo.write_versioned("targets", targets_md)
-    logger.info("signed %s into %s v%d", info.target_name, bin_name, b.version)
-    return SignedRelease(info.target_name, bin_name, b.version, targets.version, info.release_counter)
+        repo.write_versioned(bin_name, bin_md)
+        repo.write_versioned("targets", targets_md)
+        logger.info("signed %s into %s v%d", info.target_name, bin_name, b.version)
+        return SignedRelease(info.target_name, bin_name, b.version, targets.version, info.release_counter)
 
 
 def publish(
@@ -435,19 +436,20 @@ def publish(
     """Place a signed bundle under ``targets/`` and re-sign snapshot and timestamp (online keys)."""
     now = now or utc_now()
     info = read_bundle(bundle)
-    signed = repo.signed_targets()
-    target = signed.get(info.target_name)
-    if target is None:
-        raise ReleaseError(f"{info.target_name} is not signed yet; run 'medsec release sign' first")
-    if target.length != info.length or target.hashes.get("sha256") != info.sha256:
-        raise ReleaseError(f"{bundle} is not the bundle that was signed as {info.target_name}")
-    dest = repo.target_path(target)
-    if not dest.is_file() or _sha256_file(dest) != (info.sha256, info.length):
-        copy_file_atomically(bundle, dest)
-    missing = sorted(name for name, t in signed.items() if not repo.target_path(t).is_file())
-    if missing:
-        raise ReleaseError(f"signed targets without their files in the repository: {', '.join(missing)}")
-    snapshot = repo.publish_snapshot(online, now)
-    timestamp = repo.timestamp()
-    logger.info("published %s (snapshot v%d)", info.target_name, snapshot.signed.version)
-    return PublishedRelease(info.target_name, dest, snapshot.signed.version, timestamp.signed.version)
+    with repo.writing():
+        signed = repo.signed_targets()
+        target = signed.get(info.target_name)
+        if target is None:
+            raise ReleaseError(f"{info.target_name} is not signed yet; run 'medsec release sign' first")
+        if target.length != info.length or target.hashes.get("sha256") != info.sha256:
+            raise ReleaseError(f"{bundle} is not the bundle that was signed as {info.target_name}")
+        dest = repo.target_path(target)
+        if not dest.is_file() or _sha256_file(dest) != (info.sha256, info.length):
+            copy_file_atomically(bundle, dest)
+        missing = sorted(name for name, t in signed.items() if not repo.target_path(t).is_file())
+        if missing:
+            raise ReleaseError(f"signed targets without their files in the repository: {', '.join(missing)}")
+        snapshot = repo.publish_snapshot(online, now)
+        timestamp = repo.timestamp()
+        logger.info("published %s (snapshot v%d)", info.target_name, snapshot.signed.version)
+        return PublishedRelease(info.target_name, dest, snapshot.signed.version, timestamp.signed.version)

@@ -19,12 +19,14 @@ picks the newest version of each.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,6 +54,8 @@ from medsec.updates.tuf_types import (
 logger = logging.getLogger(__name__)
 
 BINS_PREFIX = "bins"
+# The write lock, in the product folder. Dot-files are never served (medsec.server.api_updates).
+LOCK_FILE = ".write.lock"
 DEFAULT_BIN_BITS = 4  # 16 bins
 _PRODUCT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _VERSIONED = re.compile(r"^([1-9][0-9]*)\.(.+)\.json$")
@@ -124,6 +128,36 @@ class ImageRepository:
         self.targets_dir = self.path / "targets"
         self.policy = policy or ExpiryPolicy()
         self.roots = RootHistory(self.metadata_dir)
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the repository's write lock (``flock`` on ``LOCK_FILE``; re-entrant on one instance).
+
+        Everything that takes a new metadata version runs under it: the server's upkeep, ``medsec
+        release sign`` and ``publish``, key ceremonies, and replicas sharing the folder. Without it two
+        writers read the same newest version and both try to write the next one.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise RepositoryError(f"cannot open the write lock of {self.path}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+        finally:
+            os.close(fd)  # releases the lock
 
     def __repr__(self) -> str:
         return f"ImageRepository({str(self.path)!r})"
@@ -290,6 +324,10 @@ class ImageRepository:
 
     def publish_snapshot(self, online: OnlineSigners, now: datetime) -> Metadata[Snapshot]:
         """Snapshot the newest verified targets and bins, then a timestamp for it (the commit)."""
+        with self.writing():
+            return self._publish_snapshot(online, now)
+
+    def _publish_snapshot(self, online: OnlineSigners, now: datetime) -> Metadata[Snapshot]:
         root = self.root().signed
         targets, bins = self.verified_latest_targets()
         meta = {"targets.json": MetaFile(targets.signed.version)}
@@ -311,10 +349,15 @@ class ImageRepository:
 
     def refresh_timestamp(self, timestamp_signer: Signer, now: datetime) -> Metadata[Timestamp]:
         """A new timestamp version for the published snapshot (freshness, TUF 5.4)."""
-        return self._write_timestamp(self.snapshot(), timestamp_signer, now)
+        with self.writing():
+            return self._write_timestamp(self.snapshot(), timestamp_signer, now)
 
     def refresh(self, online: OnlineSigners, now: datetime, *, force: bool = False) -> RefreshResult:
         """Re-sign the snapshot and/or timestamp when they are close to expiry (or always, ``force``)."""
+        with self.writing():
+            return self._refresh(online, now, force=force)
+
+    def _refresh(self, online: OnlineSigners, now: datetime, *, force: bool) -> RefreshResult:
         snapshot = self.snapshot().signed
         timestamp = self.timestamp().signed
         root = self.root().signed
