@@ -371,7 +371,7 @@ def table(results: dict[str, Any], n: int) -> None:
         print(f"\n{name}: added time per exec: spawn {added_spawn:.1f} us, script {added_script:.1f} us")
         print(f"{name}: engine decisions by rule (last round): {medsec['decisions']}")
         print(
-            f"{name}: decision latency, read to answer ({medsec['samples']} decisions, {medsec['cache_hits']} "
+            f"{name}: decision latency, read to answer sent ({medsec['samples']} decisions, {medsec['cache_hits']} "
             f"cache hits): p50 {medsec['p50_us']:.1f} us (target <= {TARGET_P50_US:.0f}), "
             f"p99 {medsec['p99_us']:.1f} us (target <= {TARGET_P99_US:.0f})"
         )
