@@ -226,18 +226,22 @@ def test_baseline_never_covers_the_update_slots(device: Device) -> None:
     assert not any(rel.startswith(f"{SLOTS_DIR}/") for rel, _kind in AGENT_FILES)
     with pytest.raises(IntegrityError, match="A/B slots, which every update replaces"):
         build_baseline(device.root, [("slots/current/bin", "binary")], label="x")
+    # A signed baseline that lists slot paths anyway (built before they were refused): they are set
+    # aside, named, and never checked, so the monitor cannot put an old release back.
     document = device.baseline.to_document()
-    document["files"].append(
-        {
-            "path": "slots/current/.medsec-slot/trustdb.json",
-            "kind": "agent",
-            "sha256": "00" * 32,
-            "size": 1,
-            "mode": 420,
-        }
+    trustdb = "slots/current/.medsec-slot/trustdb.json"
+    document["files"].append({"path": trustdb, "kind": "agent", "sha256": "00" * 32, "size": 1, "mode": 420})
+    document["watch"].append("slots/current/.medsec-slot")
+    loaded = load_baseline(seal(document, PAYLOAD_TYPE, [device.key]), [device.key.verify_key])
+    assert loaded.ignored == ("slots/current/.medsec-slot", trustdb)
+    assert loaded.entries == device.baseline.entries and loaded.watch == device.baseline.watch
+    (device.root / "slots/a/.medsec-slot").mkdir()
+    (device.root / trustdb).write_bytes(b"the new release's trust database")
+    monitor = IntegrityMonitor(
+        device.root, loaded, KnownGood([device.store]), quarantine_dir=device.root / "q", on_event=device.events.append
     )
-    with pytest.raises(IntegrityError, match=r"files\[6\]\.path 'slots/current/.*A/B slots"):
-        load_baseline(seal(document, PAYLOAD_TYPE, [device.key]), [device.key.verify_key])
+    assert monitor.check_all() == []
+    assert (device.root / trustdb).read_bytes() == b"the new release's trust database"
 
 
 def test_baseline_refuses_paths_outside_the_root_and_empty_input(tmp_path: Path) -> None:

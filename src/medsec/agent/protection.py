@@ -740,6 +740,14 @@ class DeviceProtection:
         except ProtectError as e:
             self.sink(_agent_error("baseline_refused", f"integrity monitoring is off: {e.diagnostics()}"))
             return "off: baseline refused"
+        if baseline.ignored:
+            self.sink(
+                _agent_error(
+                    "baseline_slot_paths_ignored",
+                    f"the baseline lists {len(baseline.ignored)} path(s) in the A/B slots, which updates replace; "
+                    f"they are not monitored (rebuild the baseline without them): {', '.join(baseline.ignored)}",
+                )
+            )
         self.monitor = integrity.IntegrityMonitor(
             self.root,
             baseline,

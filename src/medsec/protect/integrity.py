@@ -92,12 +92,11 @@ def _safe_relpath(value: Any, what: str) -> str:
     parts = PurePosixPath(value).parts
     if value.startswith("/") or any(p in ("..", ".") for p in value.split("/")) or not parts:
         raise IntegrityError(f"{what} {value!r} must be relative to the device root, without '..'")
-    if parts[0] == SLOTS_DIR:
-        raise IntegrityError(
-            f"{what} {value!r} is in the A/B slots, which every update replaces; the slot's signed manifest "
-            "and the trust database protect them, not the baseline"
-        )
     return value
+
+
+def _in_slots(path: str) -> bool:
+    return PurePosixPath(path).parts[0] == SLOTS_DIR
 
 
 def _parse_entry(index: int, raw: Any) -> BaselineEntry:
@@ -123,6 +122,9 @@ class Baseline:
     created: str
     entries: tuple[BaselineEntry, ...]
     watch: tuple[str, ...] = ()
+    # Paths in the A/B slots that a signed baseline listed (one built before they were refused):
+    # left to the slot's manifest and the trust database, never monitored.
+    ignored: tuple[str, ...] = ()
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -159,11 +161,13 @@ def parse_baseline(document: Mapping[str, Any]) -> Baseline:
         if e.path in seen:
             raise IntegrityError(f"baseline lists {e.path!r} twice")
         seen.add(e.path)
+    watched = tuple(_safe_relpath(w, f"baseline watch[{i}]") for i, w in enumerate(watch))
     return Baseline(
         document["label"],
         document["created"],
-        entries,
-        tuple(_safe_relpath(w, f"baseline watch[{i}]") for i, w in enumerate(watch)),
+        tuple(e for e in entries if not _in_slots(e.path)),
+        tuple(w for w in watched if not _in_slots(w)),
+        tuple(sorted({e.path for e in entries if _in_slots(e.path)} | {w for w in watched if _in_slots(w)})),
     )
 
 
@@ -238,6 +242,11 @@ def build_baseline(
         if kind not in KINDS:
             raise IntegrityError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
         rel = _safe_relpath(given.strip("/"), "protected path")
+        if _in_slots(rel):
+            raise IntegrityError(
+                f"protected path {rel!r} is in the A/B slots, which every update replaces; the slot's signed "
+                "manifest and the trust database protect them, not the baseline"
+            )
         if (root / rel).is_dir() and kind != "log":
             watch.append(rel)
         for path in _files_below(root, rel):
