@@ -33,6 +33,7 @@ import contextlib
 import functools
 import os
 import secrets
+import select
 import shutil
 import statistics
 import subprocess
@@ -129,14 +130,19 @@ def server_for(www: Path, link: str) -> Iterator[str]:
         )
         try:
             assert server.stdout is not None
-            url = server.stdout.readline().strip()
+            ready, _, _ = select.select([server.stdout], [], [], 30)
+            url = server.stdout.readline().strip() if ready else ""
             if not url.startswith("http://"):
-                raise SystemExit("the file server in the bench namespace did not start")
+                raise SystemExit("the file server in the bench namespace did not start within 30 s")
             yield url
         finally:
             if server.stdin is not None:
                 server.stdin.close()
-            server.wait(timeout=20)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=20)  # takes the veth pair
 

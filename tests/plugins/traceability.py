@@ -120,7 +120,7 @@ class TraceabilityRecorder:
     def _build(self, catalogue: Catalogue) -> Matrix:
         results = [
             CaseResult(nodeid, reqs, self.outcomes.get(nodeid, Outcome.NOT_RUN))
-            for nodeid, reqs in self.requirements.items()
+            for nodeid, reqs in sorted(self.requirements.items())  # the same order whatever the workers did
             if reqs
         ]
         return build_matrix(catalogue, results, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))

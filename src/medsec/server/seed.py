@@ -1,6 +1,8 @@
 """Seed data for the demo and the integration tests: a manufacturer, two hospitals, users, devices.
 
-Passwords and TOTP secrets are random for every seed; the caller prints or stores them.
+Passwords and TOTP secrets are random: TOTP secrets for every seed, passwords for every
+:class:`SeedPasswords` (one per seed unless the caller passes one to several seeds). The caller prints
+or stores them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ optional ``python-pkcs11`` package and supports ECDSA P-256/P-384 keys on the to
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -327,6 +328,11 @@ def load_image_online_signers(online_dir: Path) -> OnlineSigners:
 # ---- rotation and revocation ------------------------------------------------------------------
 
 
+def _writing(target: ImageRepository | RootHistory) -> contextlib.AbstractContextManager[None]:
+    """An image repository's write lock; a director root history is written by key ceremonies alone."""
+    return target.writing() if isinstance(target, ImageRepository) else contextlib.nullcontext()
+
+
 def _history(target: ImageRepository | RootHistory) -> RootHistory:
     return target.roots if isinstance(target, ImageRepository) else target
 
@@ -349,18 +355,19 @@ def rotate_root(
     ``old_signers`` must meet version N's root threshold and ``new_signers`` the new one; keys kept
     across the rotation may appear in both. Clients holding any earlier root walk the chain.
     """
-    history = _history(target)
-    current = history.latest()
-    t = threshold if threshold is not None else min(current.signed.roles["root"].threshold, len(new_root_keys))
-    md = sign_root_rotation(
-        current,
-        now or utc_now(),
-        replace={"root": RoleKeys(tuple(new_root_keys), t)},
-        old_signers=old_signers,
-        new_signers=new_signers,
-        lifetime=_root_lifetime(target),
-    )
-    history.append(md)
+    with _writing(target):
+        history = _history(target)
+        current = history.latest()
+        t = threshold if threshold is not None else min(current.signed.roles["root"].threshold, len(new_root_keys))
+        md = sign_root_rotation(
+            current,
+            now or utc_now(),
+            replace={"root": RoleKeys(tuple(new_root_keys), t)},
+            old_signers=old_signers,
+            new_signers=new_signers,
+            lifetime=_root_lifetime(target),
+        )
+        history.append(md)
     logger.info("root rotated to version %d in %s", md.signed.version, history.metadata_dir)
     return md
 
@@ -394,6 +401,20 @@ def revoke_key(
     if role not in ("targets", "snapshot", "timestamp"):
         raise KeyCeremonyError(f"cannot revoke a {role!r} key here; root keys are changed with rotate_root")
     now = now or utc_now()
+    with _writing(target):
+        return _revoke(target, role, compromised_keyid, replacement, root_signers, online, other_targets_signers, now)
+
+
+def _revoke(
+    target: ImageRepository | RootHistory,
+    role: Literal["targets", "snapshot", "timestamp"],
+    compromised_keyid: str,
+    replacement: Signer,
+    root_signers: Sequence[Signer],
+    online: OnlineSigners | None,
+    other_targets_signers: Iterable[Signer],
+    now: datetime,
+) -> RevocationResult:
     history = _history(target)
     current = history.latest()
     spec = current.signed.roles[role]
@@ -413,10 +434,9 @@ def revoke_key(
     if not isinstance(target, ImageRepository):
         history.append(md)
         return RevocationResult(md.signed.version, ())
-    with target.writing():
-        resigned = _resign_after_revocation(
-            target, md, role, compromised_keyid, replacement, online, other_targets_signers, now
-        )
+    resigned = _resign_after_revocation(
+        target, md, role, compromised_keyid, replacement, online, other_targets_signers, now
+    )
     return RevocationResult(md.signed.version, resigned)
 
 

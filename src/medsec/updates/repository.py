@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -128,34 +129,36 @@ class ImageRepository:
         self.targets_dir = self.path / "targets"
         self.policy = policy or ExpiryPolicy()
         self.roots = RootHistory(self.metadata_dir)
-        self._lock_depth = 0
+        self._held = threading.local()  # how deep this thread is in writing(); each thread locks on its own
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Hold the repository's write lock (``flock`` on ``LOCK_FILE``; re-entrant on one instance).
+        """Hold the repository's write lock (``flock`` on ``LOCK_FILE``; re-entrant within a thread).
 
         Everything that takes a new metadata version runs under it: the server's upkeep, ``medsec
         release sign`` and ``publish``, key ceremonies, and replicas sharing the folder. Without it two
         writers read the same newest version and both try to write the next one.
         """
-        if self._lock_depth:
-            self._lock_depth += 1
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            self._held.depth = depth + 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
+                self._held.depth = depth
             return
         try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            # Read-only is enough for flock, so any account that may write the repository can take it.
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise RepositoryError(f"cannot open the write lock of {self.path}: {e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_depth = 1
+            self._held.depth = 1
             try:
                 yield
             finally:
-                self._lock_depth = 0
+                self._held.depth = 0
         finally:
             os.close(fd)  # releases the lock
 
