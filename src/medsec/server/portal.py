@@ -460,6 +460,37 @@ def form_action(
     return done(result)
 
 
+def form_on_page(
+    request: Request,
+    csrf_token: str,
+    here: str,
+    action: Callable[[Session, Auth], Result],
+    *,
+    done: Callable[[Result], Response],
+    page: Callable[[Session, Auth, PageState, ServiceError], Response],
+) -> Response:
+    """A form post whose refusal shows the form's page again, with the error and what was typed.
+
+    Sign in, check the CSRF token, run ``action`` in a savepoint, then answer with ``done(result)``.
+    A ServiceError rolls back only the savepoint: 403 and 404 get the error page, anything else gets
+    ``page(db, auth, state, error)``, rendered in the same transaction with the error as a notice. (A
+    refusal that must reach the audit log needs :func:`form_action`, which records it.)
+    """
+    with _ctx(request).tx() as db:
+        auth = _signed_in(request, db)
+        _check_csrf(request, auth, csrf_token)
+        state = PageState(language=auth.language, viewer=auth.viewer, here=here)
+        try:
+            with db.begin_nested():
+                result = action(db, auth)
+        except ServiceError as e:
+            if e.status in (403, 404):
+                return _error_page(request, state, e)
+            state.notices.append(Notice("error", str(e)))
+            return page(db, auth, state, e)
+    return done(result)
+
+
 def refused_with_error_page(request: Request, here: str) -> Refused:
     """A ``refused`` for forms whose refusal is a page of its own (status and text from the error)."""
 

@@ -15,16 +15,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from medsec.errors import InvalidRequest, ServiceError
 from medsec.server.api import RowId
 from medsec.server.i18n import N_
 from medsec.server.models import Role
 from medsec.server.portal import (
+    Auth,
     FormStr,
     Notice,
     PageState,
-    _check_csrf,
     _error_page,
     _here,
     _redirect,
@@ -33,6 +34,7 @@ from medsec.server.portal import (
     _ui,
     _unit_of_work,
     _with_headers,
+    form_on_page,
 )
 from medsec.server.services import milestones
 
@@ -108,28 +110,25 @@ def _parse_release_id(value: str) -> int:
 @router.post("/milestones")
 def create_submit(request: Request, csrf_token: FormStr = "", release: FormStr = "", kind: FormStr = "") -> Response:
     """Assemble (or complete) a package and deliver it, as ``POST /api/v1/milestones`` does."""
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/milestones")
-        try:
-            with db.begin_nested():
-                row = milestones.find_release_by_id(db, auth.principal, _parse_release_id(release))
-                milestone = milestones.assemble(
-                    db,
-                    request.app.state.ctx.audit,
-                    auth.principal,
-                    row,
-                    milestones.parse_milestone_kind(kind),
-                    today=dt.datetime.now(dt.UTC).date(),
-                )
-                milestone_id = milestone.id
-        except ServiceError as e:
-            if e.status in (403, 404):
-                return _error_page(request, state, e)
-            state.notices.append(Notice("error", str(e)))
-            return _list(request, db, auth, state, status=e.status, release=release, kind=kind)
-    return _redirect(f"/milestones/{milestone_id}")
+
+    def assemble(db: Session, auth: Auth) -> int:
+        row = milestones.find_release_by_id(db, auth.principal, _parse_release_id(release))
+        milestone = milestones.assemble(
+            db,
+            request.app.state.ctx.audit,
+            auth.principal,
+            row,
+            milestones.parse_milestone_kind(kind),
+            today=dt.datetime.now(dt.UTC).date(),
+        )
+        return milestone.id
+
+    def page(db: Session, auth: Auth, state: PageState, e: ServiceError) -> Response:
+        return _list(request, db, auth, state, status=e.status, release=release, kind=kind)
+
+    return form_on_page(
+        request, csrf_token, "/milestones", assemble, done=lambda m_id: _redirect(f"/milestones/{m_id}"), page=page
+    )
 
 
 # -- the security policy and maintenance plan of each product --------------------------------------------------
@@ -181,28 +180,30 @@ def documents_submit(
     text_ja: FormStr = "",
 ) -> Response:
     """Store a product's security policy or maintenance plan, as ``PUT /api/v1/products/{p}/documents/{k}``."""
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/milestones/product-documents")
-        try:
-            with db.begin_nested():
-                milestones.set_product_document(
-                    db,
-                    request.app.state.ctx.audit,
-                    auth.principal,
-                    product=product,
-                    kind=kind,
-                    text_en=text_en,
-                    text_ja=text_ja,
-                )
-        except ServiceError as e:
-            if e.status in (403, 404):
-                return _error_page(request, state, e)
-            state.notices.append(Notice("error", str(e)))
-            draft = {"product": product, "kind": kind, "text_en": text_en, "text_ja": text_ja}
-            return _documents_page(request, db, auth, state, status=e.status, draft=draft)
-    return _redirect("/milestones/product-documents?saved=1")
+
+    def store(db: Session, auth: Auth) -> None:
+        milestones.set_product_document(
+            db,
+            request.app.state.ctx.audit,
+            auth.principal,
+            product=product,
+            kind=kind,
+            text_en=text_en,
+            text_ja=text_ja,
+        )
+
+    def page(db: Session, auth: Auth, state: PageState, e: ServiceError) -> Response:
+        draft = {"product": product, "kind": kind, "text_en": text_en, "text_ja": text_ja}
+        return _documents_page(request, db, auth, state, status=e.status, draft=draft)
+
+    return form_on_page(
+        request,
+        csrf_token,
+        "/milestones/product-documents",
+        store,
+        done=lambda _: _redirect("/milestones/product-documents?saved=1"),
+        page=page,
+    )
 
 
 def _detail(request: Request, db: Any, auth: Any, state: PageState, milestone_id: RowId, status: int = 200) -> Response:
@@ -250,16 +251,18 @@ def document_download(request: Request, milestone_id: RowId, kind: str) -> Respo
 
 @router.post("/milestones/{milestone_id}/acknowledge")
 def acknowledge_submit(request: Request, milestone_id: RowId, csrf_token: FormStr = "") -> Response:
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here=f"/milestones/{milestone_id}")
-        try:
-            milestone = milestones.get_milestone(db, auth.principal, milestone_id)
-            milestones.acknowledge(db, request.app.state.ctx.audit, auth.principal, milestone)
-        except ServiceError as e:
-            if e.status in (403, 404):
-                return _error_page(request, state, e)
-            state.notices.append(Notice("error", str(e)))
-            return _detail(request, db, auth, state, milestone_id, status=e.status)
-    return _redirect(f"/milestones/{milestone_id}")
+    def acknowledge(db: Session, auth: Auth) -> None:
+        milestone = milestones.get_milestone(db, auth.principal, milestone_id)
+        milestones.acknowledge(db, request.app.state.ctx.audit, auth.principal, milestone)
+
+    def page(db: Session, auth: Auth, state: PageState, e: ServiceError) -> Response:
+        return _detail(request, db, auth, state, milestone_id, status=e.status)
+
+    return form_on_page(
+        request,
+        csrf_token,
+        f"/milestones/{milestone_id}",
+        acknowledge,
+        done=lambda _: _redirect(f"/milestones/{milestone_id}"),
+        page=page,
+    )

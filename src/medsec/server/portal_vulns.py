@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +25,6 @@ from medsec.server.portal import (
     Auth,
     Notice,
     PageState,
-    _check_csrf,
     _error_page,
     _here,
     _redirect,
@@ -34,6 +34,7 @@ from medsec.server.portal import (
     _unit_of_work,
     _with_headers,
     form_action,
+    form_on_page,
     refused_with_error_page,
 )
 from medsec.server.services import advisory_publishing, findings, lifecycle_plans, metrics, sboms, triage
@@ -306,13 +307,13 @@ def lifecycle_page(request: Request, saved: int = 0) -> Response:
         return _lifecycle_view(request, db, auth, state)
 
 
-def _lifecycle_refused(
-    request: Request, db: Any, auth: Any, state: PageState, e: ServiceError, draft: dict[str, Any]
-) -> Response:
-    if e.status in (403, 404):
-        return _error_page(request, state, e)
-    state.notices.append(Notice("error", str(e)))
-    return _lifecycle_view(request, db, auth, state, status=e.status, draft=draft)
+def _lifecycle_again(request: Request, draft: dict[str, Any]) -> Callable[..., Response]:
+    """The lifecycle page again after a refused form, with what was typed (a ``form_on_page`` page)."""
+
+    def page(db: Session, auth: Auth, state: PageState, e: ServiceError) -> Response:
+        return _lifecycle_view(request, db, auth, state, status=e.status, draft=draft)
+
+    return page
 
 
 def _optional(value: str) -> str | None:
@@ -340,31 +341,33 @@ def override_add_submit(
     """Record an override of a product cycle's support dates, as ``POST /api/v1/lifecycle/overrides``."""
     draft = {"override": {"product": product, "cycle": cycle, "eol": eol, "eoas": eoas, "eoes": eoes}}
     draft["override"] |= {"evidence_source": evidence_source, "evidence_note": evidence_note}
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
-        try:
-            _lifecycle_editor(auth.principal)
-            for field, value in (("product", product), ("cycle", cycle), ("evidence_source", evidence_source)):
-                if not value.strip():
-                    raise InvalidRequest("invalid_override", f"{field} is required")
-            with db.begin_nested():
-                lifecycle_plans.add_override(
-                    db,
-                    _ctx_audit(request),
-                    auth.principal.username,
-                    product=_bounded("product", product, 100),
-                    cycle=_bounded("cycle", cycle, 100),
-                    evidence_source=_bounded("evidence_source", evidence_source, 1000),
-                    evidence_note=_bounded("evidence_note", evidence_note, LONG_TEXT),
-                    eol=_optional(eol),
-                    eoas=_optional(eoas),
-                    eoes=_optional(eoes),
-                )
-        except ServiceError as e:
-            return _lifecycle_refused(request, db, auth, state, e, draft)
-    return _redirect("/vulns/lifecycle?saved=1#overrides")
+
+    def add(db: Session, auth: Auth) -> None:
+        _lifecycle_editor(auth.principal)
+        for field, value in (("product", product), ("cycle", cycle), ("evidence_source", evidence_source)):
+            if not value.strip():
+                raise InvalidRequest("invalid_override", f"{field} is required")
+        lifecycle_plans.add_override(
+            db,
+            _ctx_audit(request),
+            auth.principal.username,
+            product=_bounded("product", product, 100),
+            cycle=_bounded("cycle", cycle, 100),
+            evidence_source=_bounded("evidence_source", evidence_source, 1000),
+            evidence_note=_bounded("evidence_note", evidence_note, LONG_TEXT),
+            eol=_optional(eol),
+            eoas=_optional(eoas),
+            eoes=_optional(eoes),
+        )
+
+    return form_on_page(
+        request,
+        csrf_token,
+        "/vulns/lifecycle",
+        add,
+        done=lambda _: _redirect("/vulns/lifecycle?saved=1#overrides"),
+        page=_lifecycle_again(request, draft),
+    )
 
 
 @router.post("/vulns/lifecycle/overrides/remove")
@@ -372,19 +375,19 @@ def override_remove_submit(
     request: Request, csrf_token: FormStr = "", product: FormStr = "", cycle: FormStr = ""
 ) -> Response:
     """Drop an override, so the imported endoflife.date dates apply again (audited with what it said)."""
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
-        try:
-            _lifecycle_editor(auth.principal)
-            with db.begin_nested():
-                lifecycle_plans.remove_override(
-                    db, _ctx_audit(request), auth.principal.username, product=product, cycle=cycle
-                )
-        except ServiceError as e:
-            return _lifecycle_refused(request, db, auth, state, e, {})
-    return _redirect("/vulns/lifecycle?saved=1#overrides")
+
+    def remove(db: Session, auth: Auth) -> None:
+        _lifecycle_editor(auth.principal)
+        lifecycle_plans.remove_override(db, _ctx_audit(request), auth.principal.username, product=product, cycle=cycle)
+
+    return form_on_page(
+        request,
+        csrf_token,
+        "/vulns/lifecycle",
+        remove,
+        done=lambda _: _redirect("/vulns/lifecycle?saved=1#overrides"),
+        page=_lifecycle_again(request, {}),
+    )
 
 
 def _rows(name: str, columns: dict[str, list[str]], limits: dict[str, int]) -> list[dict[str, str]]:
@@ -457,36 +460,38 @@ def legacy_plan_submit(
     key = f"{product} {version}"
     draft = {"release": key, "controls": control_columns, "steps": step_columns}
     draft["replacement"] = {"en": replacement_en, "ja": replacement_ja}
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
-        try:
-            _lifecycle_editor(auth.principal)
-            release = sboms.visible_release(db, auth.principal, product, version)
-            controls = _legacy_controls(control_columns)
-            timeline = _legacy_timeline(step_columns)
-            replacement = {
-                "en": _bounded("replacement path (English)", replacement_en, LONG_TEXT),
-                "ja": _bounded("replacement path (Japanese)", replacement_ja, LONG_TEXT),
-            }
-            for lang, text in replacement.items():
-                if not text:
-                    raise InvalidRequest("invalid_legacy_plan", f"replacement path ({lang}) is empty")
-            with db.begin_nested():
-                lifecycle_plans.save_legacy_plan(
-                    db,
-                    _ctx_audit(request),
-                    auth.principal,
-                    release,
-                    controls=controls,
-                    replacement_path=replacement,
-                    timeline=timeline,
-                    today=dt.datetime.now(dt.UTC).date(),
-                )
-        except ServiceError as e:
-            return _lifecycle_refused(request, db, auth, state, e, draft)
-    return _redirect("/vulns/lifecycle?saved=1")
+
+    def save(db: Session, auth: Auth) -> None:
+        _lifecycle_editor(auth.principal)
+        release = sboms.visible_release(db, auth.principal, product, version)
+        controls = _legacy_controls(control_columns)
+        timeline = _legacy_timeline(step_columns)
+        replacement = {
+            "en": _bounded("replacement path (English)", replacement_en, LONG_TEXT),
+            "ja": _bounded("replacement path (Japanese)", replacement_ja, LONG_TEXT),
+        }
+        for lang, text in replacement.items():
+            if not text:
+                raise InvalidRequest("invalid_legacy_plan", f"replacement path ({lang}) is empty")
+        lifecycle_plans.save_legacy_plan(
+            db,
+            _ctx_audit(request),
+            auth.principal,
+            release,
+            controls=controls,
+            replacement_path=replacement,
+            timeline=timeline,
+            today=dt.datetime.now(dt.UTC).date(),
+        )
+
+    return form_on_page(
+        request,
+        csrf_token,
+        "/vulns/lifecycle",
+        save,
+        done=lambda _: _redirect("/vulns/lifecycle?saved=1"),
+        page=_lifecycle_again(request, draft),
+    )
 
 
 @router.post("/vulns/lifecycle/{product}/{version}/eos-notice")
@@ -499,28 +504,30 @@ def eos_notice_submit(
     guidance_ja: FormStr = "",
 ) -> Response:
     """Publish the CSAF end-of-support notice, as ``POST /api/v1/releases/{product}/{version}/eos-notice``."""
-    with _unit_of_work(request) as db:
-        auth = _signed_in(request, db)
-        _check_csrf(request, auth, csrf_token)
-        state = PageState(language=auth.language, viewer=auth.viewer, here="/vulns/lifecycle")
-        try:
-            auth.principal.require_role(Role.PSIRT)
-            release = sboms.visible_release(db, auth.principal, product, version)
-            with db.begin_nested():
-                lifecycle_plans.publish_eos_notice(
-                    db,
-                    _ctx_audit(request),
-                    request.app.state.ctx.settings,
-                    auth.principal,
-                    release,
-                    today=dt.datetime.now(dt.UTC).date(),
-                    guidance_en=_optional(_bounded("guidance_en", guidance_en, GUIDANCE_TEXT)),
-                    guidance_ja=_optional(_bounded("guidance_ja", guidance_ja, GUIDANCE_TEXT)),
-                )
-        except ServiceError as e:
-            draft = {"notice": {"release": f"{product} {version}", "en": guidance_en, "ja": guidance_ja}}
-            return _lifecycle_refused(request, db, auth, state, e, draft)
-    return _redirect("/vulns/advisories")
+
+    def publish(db: Session, auth: Auth) -> None:
+        auth.principal.require_role(Role.PSIRT)
+        release = sboms.visible_release(db, auth.principal, product, version)
+        lifecycle_plans.publish_eos_notice(
+            db,
+            _ctx_audit(request),
+            request.app.state.ctx.settings,
+            auth.principal,
+            release,
+            today=dt.datetime.now(dt.UTC).date(),
+            guidance_en=_optional(_bounded("guidance_en", guidance_en, GUIDANCE_TEXT)),
+            guidance_ja=_optional(_bounded("guidance_ja", guidance_ja, GUIDANCE_TEXT)),
+        )
+
+    draft = {"notice": {"release": f"{product} {version}", "en": guidance_en, "ja": guidance_ja}}
+    return form_on_page(
+        request,
+        csrf_token,
+        "/vulns/lifecycle",
+        publish,
+        done=lambda _: _redirect("/vulns/advisories"),
+        page=_lifecycle_again(request, draft),
+    )
 
 
 @router.get("/vulns/metrics")
