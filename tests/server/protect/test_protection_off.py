@@ -8,18 +8,17 @@ from typing import Any
 
 import httpx
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from protection_support import blocked_exec, enroll
 from sqlalchemy import inspect, select, text
 
 from medsec.crypto.canonical import canonical_json
 from medsec.crypto.keys import SigningKey
 from medsec.protect.wire import BatchFormatError, EngineState, build_batch, parse_batch
-from medsec.server.db import Base, make_engine
+from medsec.server.db import make_engine
 from medsec.server.migrate import downgrade, upgrade
 from medsec.server.models import AuditEntry, Device
 from medsec.server.models_protect import ProtectionStatus
+from support.migrations import model_diffs
 
 pytestmark = pytest.mark.req("RL-1")
 
@@ -130,13 +129,7 @@ def test_older_agents_off_report_is_stored_as_off(live_server: Any) -> None:
 
 
 def test_migration_matches_the_model(database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    finally:
-        engine.dispose()
-    assert [d for d in diffs if "protection_status" in repr(d)] == []
+    assert model_diffs(database_url, {"protection_status"}) == []
     assert ProtectionStatus.__table__.c.off_reason.nullable
 
 
