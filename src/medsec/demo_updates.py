@@ -25,7 +25,7 @@ from typing import Any
 
 from medsec.atomic_file import atomic_write
 from medsec.crypto.keys import write_private_file
-from medsec.updates.client import AssignedTarget, UpdatePaths
+from medsec.updates.client import UpdatePaths
 from medsec.updates.installer import DirectoryInstaller
 from medsec.updates.keys import KeySet, init_keys, load_file_signer, load_keyset
 from medsec.updates.release import ReleaseInfo, build_release, publish, read_bundle, sign_release
@@ -187,17 +187,7 @@ def provision_device(root: Path, image_root: bytes, director_root: bytes, factor
     installer.recover()
     if installer.installed() is not None:
         return
-    target = AssignedTarget(
-        name=factory.target_name,
-        length=factory.length,
-        hashes={"sha256": factory.sha256},
-        product=factory.product,
-        version=factory.version,
-        release_counter=factory.release_counter,
-        hardware_ids=tuple(factory.manifest["hardware_ids"]),
-        min_from_version=factory.manifest["min_from_version"],
-    )
-    installer.install(factory.path, target, "a")
+    installer.install(factory.path, factory.assigned_target(), "a")
     installer.switch("a")
     installer.commit()
 

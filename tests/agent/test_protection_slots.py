@@ -20,7 +20,6 @@ from medsec.agent.config import AgentConfig
 from medsec.agent.updater import _trustdb_check
 from medsec.cli.main import app
 from medsec.crypto.keys import SigningKey
-from medsec.updates.client import AssignedTarget
 from medsec.updates.device_errors import BundleRejected
 from medsec.updates.installer import DirectoryInstaller
 from medsec.updates.release import ReleaseInfo, read_bundle
@@ -50,19 +49,6 @@ def _build(work: Path, key_file: Path, version: str, counter: int) -> ReleaseInf
     )  # fmt: skip
     assert result.exit_code == 0, result.stdout
     return read_bundle(out)
-
-
-def _target(info: ReleaseInfo) -> AssignedTarget:
-    return AssignedTarget(
-        name=info.target_name,
-        length=info.length,
-        hashes={"sha256": info.sha256},
-        product=info.product,
-        version=info.version,
-        release_counter=info.release_counter,
-        hardware_ids=(HARDWARE_ID,),
-        min_from_version=None,
-    )
 
 
 def _agent_installer(root: Path) -> DirectoryInstaller:
@@ -102,7 +88,7 @@ def test_trust_db_follows_the_slot_through_update_rollback_and_refuses_an_older_
     new = _build(tmp_path / "build", key_file, "1.1.0", 2)
     slots = root / "slots"
     installer = _agent_installer(root)
-    installer.install(old.path, _target(old), "a")
+    installer.install(old.path, old.assigned_target(), "a")
     installer.switch("a")
     installer.commit()
 
@@ -113,7 +99,7 @@ def test_trust_db_follows_the_slot_through_update_rollback_and_refuses_an_older_
         assert _exec(slots / "current" / PUMP) == "pump 1.0.0"
 
         # The update: 1.1.0 goes into slot b and runs on trial; its trust database comes with it.
-        installer.install(new.path, _target(new), "b")
+        installer.install(new.path, new.assigned_target(), "b")
         installer.switch("b")
         _wait_version(running, "1.1.0")
         assert _exec(slots / "current" / PUMP) == "pump 1.1.0"
@@ -128,7 +114,7 @@ def test_trust_db_follows_the_slot_through_update_rollback_and_refuses_an_older_
         running.wait_for("protect.agent_applied", "trustdb_loaded")
 
         # 1.1.0 installed again and committed; then the older slot is put back under "current".
-        installer.install(new.path, _target(new), "b")
+        installer.install(new.path, new.assigned_target(), "b")
         installer.switch("b")
         installer.commit()
         _wait_version(running, "1.1.0")
@@ -154,5 +140,5 @@ def test_agent_installer_refuses_a_release_whose_trust_db_another_key_signed(
     SigningKey.generate().save(other)
     foreign = _build(tmp_path / "build", other, "1.0.0", 1)
     with pytest.raises(BundleRejected, match="trust database is refused"):
-        _agent_installer(root).install(foreign.path, _target(foreign), "a")
+        _agent_installer(root).install(foreign.path, foreign.assigned_target(), "a")
     assert DirectorySlots(root / "slots").release("a") is None

@@ -21,7 +21,6 @@ from medsec.crypto.keys import SigningKey
 from medsec.protect.errors import TrustDatabaseError
 from medsec.protect.events import ProtectionEvent
 from medsec.protect.trustdb import ActiveTrustDB, TrustDB, TrustEntry, installer_check, load_active, read_unverified
-from medsec.updates.client import AssignedTarget
 from medsec.updates.device_errors import BundleRejected
 from medsec.updates.installer import DirectoryInstaller
 from medsec.updates.release import ReleaseInfo, read_bundle
@@ -76,22 +75,9 @@ def _build(tmp: Path, version: str, counter: int, *extra: str, product: str = PR
     return Release(info, data)
 
 
-def _target(info: ReleaseInfo) -> AssignedTarget:
-    return AssignedTarget(
-        name=info.target_name,
-        length=info.length,
-        hashes={"sha256": info.sha256},
-        product=info.product,
-        version=info.version,
-        release_counter=info.release_counter,
-        hardware_ids=(HARDWARE,),
-        min_from_version=None,
-    )
-
-
 def _install(slots_dir: Path, release: Release, slot: str, key: SigningKey, *, commit: bool = True) -> None:
     installer = DirectoryInstaller(DirectorySlots(slots_dir), trustdb_check=installer_check([key.verify_key]))
-    installer.install(release.info.path, _target(release.info), slot)
+    installer.install(release.info.path, release.info.assigned_target(), slot)
     installer.switch(slot)
     if commit:
         installer.commit()
@@ -220,7 +206,7 @@ def test_installer_refuses_a_bundle_whose_trust_db_is_unsigned(tmp_path: Path, k
     )  # fmt: skip
     installer = DirectoryInstaller(DirectorySlots(slots_dir), trustdb_check=installer_check([key.verify_key]))
     with pytest.raises(BundleRejected, match="trust database is refused"):
-        installer.install(info.path, _target(info), "b")
+        installer.install(info.path, info.assigned_target(), "b")
     assert DirectorySlots(slots_dir).release("b") is None
     assert load_active(slots_dir, [key.verify_key], PRODUCT).version == "1.0.0"
 

@@ -30,6 +30,7 @@ from typing import IO, Any
 from medsec import __version__
 from medsec.crypto.canonical import canonical_json
 from medsec.errors import CanonicalEncodingError, UserInputError
+from medsec.updates.client import AssignedTarget
 from medsec.updates.errors import ReleaseCounterNotIncreasing, ReleaseError
 from medsec.updates.metadata_files import copy_file_atomically, expiry, utc_now
 from medsec.updates.repository import ImageRepository, OnlineSigners, sign_role, validate_product
@@ -72,6 +73,20 @@ class ReleaseInfo:
     @property
     def target_name(self) -> str:
         return target_name(self.product, self.version)
+
+    def assigned_target(self) -> AssignedTarget:
+        """The target a factory installs straight from this bundle, with no director: identity and hash
+        from the bundle, hardware and minimum version from its manifest."""
+        return AssignedTarget(
+            name=self.target_name,
+            length=self.length,
+            hashes={"sha256": self.sha256},
+            product=self.product,
+            version=self.version,
+            release_counter=self.release_counter,
+            hardware_ids=tuple(self.manifest["hardware_ids"]),
+            min_from_version=self.manifest["min_from_version"],
+        )
 
     def target_custom(self) -> dict[str, Any]:
         """The target's ``custom`` as the contract (docs/updates-format.md) defines it."""
