@@ -130,6 +130,7 @@ def engine_child(mount: Path, ignore_marks: bool) -> None:
     """Run the engine until SIGTERM, then print its metrics and latency samples as JSON."""
     from medsec.protect.engine import Engine
     from medsec.protect.policy import parse_document
+    from medsec.signals import stop_on_signals
 
     policy = parse_document(
         {
@@ -150,15 +151,15 @@ def engine_child(mount: Path, ignore_marks: bool) -> None:
     )
     trust = {bytes.fromhex(sha256(p)) for p in trusted_files(mount)}
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = Engine(mount, policy, trust, kernel_ignore_marks=ignore_marks)
-    engine.start()
-    try:
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        stop.wait(3600)
-    finally:
-        engine.close()
+    with stop_on_signals(stop, [signal.SIGTERM]):
+        engine.start()
+        try:
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+            stop.wait(3600)
+        finally:
+            engine.close()
     sys.stdout.write(
         json.dumps({"metrics": engine.metrics.snapshot(), "latencies_us": engine.latency_samples_us()}) + "\n"
     )

@@ -23,6 +23,7 @@ from medsec.crypto.keys import write_private_file
 from medsec.demo_protect import setup_demo_protection
 from medsec.demo_remote import GatewayPorts, GatewayProcess, remote_tour, setup_remote_demo
 from medsec.demo_updates import setup_demo_updates
+from medsec.signals import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -219,43 +220,37 @@ def run(options: DemoOptions, *, announce: Any = print) -> None:
     app = create_app(_settings(options))
     server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
     stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    devices = DeviceProcesses()
-    gateway = GatewayProcess()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start on {options.url} (is the port in use?)")
-            time.sleep(0.05)
-        gateway.start(_settings(options).data_dir, gateway_ports)
-        gateway.wait_listening(gateway_ports)
-        devices.start(info["devices"])
-        threading.Thread(
-            target=_run_witness, args=(options, info["log_key"], stop), name="witness", daemon=True
-        ).start()
-        announce(info)
-        print(remote_tour(info, options.data_dir), flush=True)
-        print(protection.tour, flush=True)
-        while not stop.wait(1.0):
-            if not thread.is_alive():
-                break
-            for serial, proc in devices.procs:
-                if proc.poll() is not None:
-                    logger.warning("device %s agent exited with %s; see its agent.log", serial, proc.returncode)
-                    devices.procs.remove((serial, proc))
+    with stop_on_signals(stop):
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        devices = DeviceProcesses()
+        gateway = GatewayProcess()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise SystemExit(f"the server did not start on {options.url} (is the port in use?)")
+                time.sleep(0.05)
+            gateway.start(_settings(options).data_dir, gateway_ports)
+            gateway.wait_listening(gateway_ports)
+            devices.start(info["devices"])
+            threading.Thread(
+                target=_run_witness, args=(options, info["log_key"], stop), name="witness", daemon=True
+            ).start()
+            announce(info)
+            print(remote_tour(info, options.data_dir), flush=True)
+            print(protection.tour, flush=True)
+            while not stop.wait(1.0):
+                if not thread.is_alive():
                     break
-    finally:
-        devices.stop()
-        protection.close()  # after the agents: nothing holds the mounts any more
-        gateway.stop()
-        server.should_exit = True
-        thread.join(timeout=10)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                for serial, proc in devices.procs:
+                    if proc.poll() is not None:
+                        logger.warning("device %s agent exited with %s; see its agent.log", serial, proc.returncode)
+                        devices.procs.remove((serial, proc))
+                        break
+        finally:
+            devices.stop()
+            protection.close()  # after the agents: nothing holds the mounts any more
+            gateway.stop()
+            server.should_exit = True
+            thread.join(timeout=10)

@@ -109,4 +109,4 @@ def test_agent_package_does_not_pull_in_server_libraries() -> None:
         "print([m for m in bad if not m.startswith(device)])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['medsec', 'medsec.atomic_file', 'medsec.errors', 'medsec.protocol']"
+    assert out.strip() == "['medsec', 'medsec.atomic_file', 'medsec.errors', 'medsec.protocol', 'medsec.signals']"

@@ -10,19 +10,19 @@ the agent was away when it did not stop cleanly (RL-1).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import random
 import re
-import signal
 import stat
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +39,7 @@ from medsec.auditlog.witness import verify_cosignature
 from medsec.crypto.keys import SigningKey
 from medsec.errors import AgentError, AuditLogError, CheckinRejected, ConfigError, CryptoError, ProtocolError
 from medsec.protocol import MAX_FIELD, CheckinResponse, EnrollmentRequest, VersionReport
+from medsec.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from medsec.agent.protection import DeviceProtection
@@ -505,18 +506,13 @@ def run_agent(
 ) -> None:
     """Run the agent until ``stop_event`` is set, or, without one, until SIGTERM or SIGINT."""
     stop = stop_event if stop_event is not None else threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    if stop_event is None:
-        if threading.current_thread() is not threading.main_thread():
-            raise AgentError("run_agent needs a stop_event when it does not run on the main thread")
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("received signal %d; stopping", signum)
-            stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, request_stop)
-    try:
+    with contextlib.ExitStack() as signals:
+        if stop_event is None:
+            if threading.current_thread() is not threading.main_thread():
+                raise AgentError("run_agent needs a stop_event when it does not run on the main thread")
+            signals.enter_context(
+                stop_on_signals(stop, on_signal=lambda signum: logger.info("received signal %d; stopping", signum))
+            )
         with Agent.start(config, http=http) as agent:
             from medsec.agent.remote_link import start_remote_link  # RA-1: off unless remote.json enables it
 
@@ -527,6 +523,3 @@ def run_agent(
                 if link is not None:
                     stop.set()
                     link.join(timeout=30)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsec.signals import stop_on_signals
+
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
@@ -121,15 +123,10 @@ def run_supervisor(command: Sequence[str], policy: RestartPolicy | None = None) 
     """Supervise ``command`` until SIGTERM or SIGINT (main thread only); return the number of restarts."""
     stop = threading.Event()
 
-    def request_stop(signum: int, _frame: object) -> None:
+    def log_signal(signum: int) -> None:
         logger.info("supervisor received signal %d; stopping the agent", signum)
-        stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(stop, on_signal=log_signal):
         supervisor = Supervisor(command, policy)
         supervisor.run(stop)
         return supervisor.restarts
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Container, Sequence
@@ -28,6 +27,7 @@ from medsec.protect import policy as policy_mod
 from medsec.protect import trustdb
 from medsec.protect.engine import Engine
 from medsec.protect.events import ProtectionEvent
+from medsec.signals import stop_on_signals
 from medsec.updates.keys import private_key_is_encrypted
 
 app = typer.Typer(help="The fanotify allowlisting engine: run it on a mount, sign and check its policy.")
@@ -136,22 +136,19 @@ def run(
             allow_system_mount=allow_system_mount,
         )
         stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        engine.start()
-        try:
-            if not as_json:
-                err_console.print(
-                    f"protecting {mount} in {parsed.mode} mode ({parsed.failure_mode}, {size} trusted digests); "
-                    "Ctrl-C stops",
-                    highlight=False,
-                )
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            engine.close()
-            signal.signal(signal.SIGTERM, previous)
+        with stop_on_signals(stop):
+            engine.start()
+            try:
+                if not as_json:
+                    err_console.print(
+                        f"protecting {mount} in {parsed.mode} mode ({parsed.failure_mode}, {size} trusted digests); "
+                        "Ctrl-C stops",
+                        highlight=False,
+                    )
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                engine.close()
         summary: dict[str, Any] = {"ok": True, "metrics": engine.metrics.snapshot()}
         if learned_out is not None:
             summary["learned"] = _write_learned(engine, learned_out)

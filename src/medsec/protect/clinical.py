@@ -18,13 +18,14 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from medsec.signals import stop_on_signals
 
 DEFAULT_INTERVAL = 0.1
 MAX_CONFIG_BYTES = 64 * 1024
@@ -124,9 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beats", type=int, default=None, help="stop after this many beats")
     args = parser.parse_args(argv)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
-    signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-    run(args.config, args.heartbeat, interval=args.interval, stop=stop, beats=args.beats)
+    with stop_on_signals(stop):
+        run(args.config, args.heartbeat, interval=args.interval, stop=stop, beats=args.beats)
     return 0
 
 
